@@ -1,0 +1,390 @@
+"""Load and validate a catalogue folder (boards/, options/, distros/, recipes/, kas/) into typed models.
+
+Every problem becomes one ConfigError naming ``file:line``, what is wrong and what would be right.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
+
+from .errors import ConfigError, UserError
+from .models import (
+    BoardFile,
+    Condition,
+    DistroFile,
+    KasRef,
+    Model,
+    OptionFile,
+    RecipeFile,
+    ReposFile,
+    is_name,
+)
+from .yamlfile import YamlDoc, load_yaml
+
+M = TypeVar("M", bound=Model)
+
+ENV_CATALOG = "CIPBUILD_CATALOG"
+
+
+def default_catalog_dir() -> Path:
+    """The catalogue shipped in the wheel, or the source tree's when running from a checkout."""
+    here = Path(__file__).resolve().parent
+    packaged = here / "_catalog"
+    return packaged if packaged.is_dir() else here.parent
+
+
+def catalog_dir(explicit: Path | None) -> Path:
+    if explicit is not None:
+        return explicit
+    from_env = os.environ.get(ENV_CATALOG)
+    return Path(from_env) if from_env else default_catalog_dir()
+
+
+def suggest(word: str, choices: Iterable[str]) -> str | None:
+    """'did you mean X' text for the nearest choice, or a list of choices when none is near."""
+    choices = sorted(choices)
+    near = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    if near:
+        return f"did you mean '{near[0]}'?"
+    if choices:
+        shown = ", ".join(choices[:12]) + (", ..." if len(choices) > 12 else "")
+        return f"known: {shown}"
+    return None
+
+
+def unknown(kind: str, name: str, choices: Iterable[str], *, where: str | None = None) -> UserError:
+    return UserError(f"unknown {kind} '{name}'", where=where, hint=suggest(name, choices))
+
+
+def validate(doc: YamlDoc, model: type[M]) -> M:
+    """``doc.data`` as ``model``; the first problem is raised with its file and line."""
+    if not isinstance(doc.data, dict):
+        raise doc.error((), f"expected a mapping at the top of the file, found {type(doc.data).__name__}")
+    try:
+        return model.model_validate(doc.data)
+    except ValidationError as exc:
+        raise _config_error(doc, model, exc) from None
+
+
+def _config_error(doc: YamlDoc, model: type[Model], exc: ValidationError) -> ConfigError:
+    err = exc.errors(include_url=False)[0]
+    loc = _data_path(doc.data, err["loc"])
+    shown = ".".join(str(p) for p in loc) or "(top)"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(model, loc[:-1])
+        hint = suggest(str(loc[-1]), allowed) if allowed else None
+        return doc.error(loc, f"unknown key '{loc[-1]}'", hint)
+    if kind == "missing":
+        return doc.error(loc[:-1] if loc else loc, f"missing key '{shown}'")
+    return doc.error(loc, f"{shown}: {err['msg']}")
+
+
+def _data_path(data: Any, loc: Iterable[int | str]) -> tuple[str | int, ...]:
+    """Keep the parts of a pydantic error location that are real keys (drop union tags)."""
+    path: list[str | int] = []
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+            path.append(part)
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+            path.append(part)
+        elif not isinstance(node, (dict, list)) or isinstance(part, str) and isinstance(node, dict):
+            if isinstance(node, dict) and isinstance(part, str) and is_name(part.replace("_", "-")):
+                path.append(part)  # a missing or extra key: name it
+            break
+    return tuple(path)
+
+
+def _allowed_keys(model: type[Model], loc: tuple[str | int, ...]) -> list[str]:
+    """Field names of the model found at ``loc`` (best effort, for suggestions)."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int) or not (isinstance(current, type) and issubclass(current, Model)):
+            current = _inner_model(current)
+            if isinstance(part, int):
+                continue
+        if not (isinstance(current, type) and issubclass(current, Model)):
+            return []
+        info = current.model_fields.get(str(part))
+        current = _inner_model(info.annotation) if info else None
+    current = _inner_model(current)
+    if isinstance(current, type) and issubclass(current, Model):
+        return list(current.model_fields)
+    return []
+
+
+def _inner_model(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, Model):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+@dataclass
+class Catalog:
+    """Everything cipbuild knows about what CIP Core can build."""
+
+    root: Path
+    boards: dict[str, BoardFile]
+    options: dict[str, OptionFile]
+    distros: dict[str, DistroFile]
+    repos: ReposFile
+    recipe_files: dict[str, Path]
+    docs: dict[Path, YamlDoc] = field(default_factory=dict, repr=False)
+    _recipes: dict[str, RecipeFile] = field(default_factory=dict, repr=False)
+
+    @property
+    def default_distro(self) -> str:
+        return next(iter(self.distros))
+
+    def board(self, name: str, *, where: str = "--board") -> BoardFile:
+        if name not in self.boards:
+            raise unknown("board", name, self.boards, where=where)
+        return self.boards[name]
+
+    def distro(self, name: str, *, where: str = "--distro") -> DistroFile:
+        if name not in self.distros:
+            raise unknown("distro", name, self.distros, where=where)
+        return self.distros[name]
+
+    def options_of(self, distro: str) -> list[str]:
+        """The options ``distro`` implements, in its canonical order."""
+        order = self.distros[distro].order
+        return [name for name in order if name in self.options and distro in self.options[name].distros]
+
+    def recipe(self, name: str) -> RecipeFile:
+        if name not in self.recipe_files:
+            raise unknown("recipe", name, self.recipe_files, where="--recipe")
+        if name not in self._recipes:
+            path = self.recipe_files[name]
+            doc = load_yaml(path, display=self._shown(path))
+            recipe = validate(doc, RecipeFile)
+            check_recipe(self, doc, recipe)
+            self._recipes[name] = recipe
+        return self._recipes[name]
+
+    def _shown(self, path: Path) -> str:
+        try:
+            return str(path.relative_to(Path.cwd()))
+        except ValueError:
+            return str(path)
+
+
+def load_catalog(root: Path) -> Catalog:
+    """Read and cross-check a whole catalogue folder."""
+    if not root.is_dir():
+        raise UserError(f"catalogue folder {root} does not exist", where="--catalog",
+                        hint="point --catalog or CIPBUILD_CATALOG at a folder with boards/ options/ distros/")
+    docs: dict[Path, YamlDoc] = {}
+
+    def shown(path: Path) -> str:
+        try:
+            return str(path.relative_to(Path.cwd()))
+        except ValueError:
+            return str(path)
+
+    def load_kind(folder: str, model: type[M]) -> dict[str, M]:
+        out: dict[str, M] = {}
+        for path in _yaml_files(root / folder):
+            doc = load_yaml(path, display=shown(path))
+            if not is_name(path.stem):
+                raise doc.error((), f"file name '{path.stem}' is not a valid name",
+                                "use lower-case letters, digits, '.', '+' and '-'")
+            docs[path] = doc
+            out[path.stem] = validate(doc, model)
+        return out
+
+    distros = load_kind("distros", DistroFile)
+    if not distros:
+        raise ConfigError(shown(root / "distros"), None, "the catalogue defines no distro",
+                          hint="add distros/<name>.yml")
+    # the default distro is listed first
+    distros = dict(sorted(distros.items(), key=lambda kv: (not _is_default(docs, root, kv[0]), kv[0])))
+    boards = load_kind("boards", BoardFile)
+    options = load_kind("options", OptionFile)
+    repos_path = root / "kas" / "repos.yml"
+    repos_doc = load_yaml(repos_path, display=shown(repos_path))
+    docs[repos_path] = repos_doc
+    repos = validate(repos_doc, ReposFile)
+    recipe_files = {p.stem: p for p in _yaml_files(root / "recipes")}
+    catalog = Catalog(root, boards, options, distros, repos, recipe_files, docs)
+    check_catalog(catalog)
+    return catalog
+
+
+def _is_default(docs: dict[Path, YamlDoc], root: Path, name: str) -> bool:
+    doc = docs[root / "distros" / f"{name}.yml"]
+    return isinstance(doc.data, dict) and doc.data.get("default_release") is not None and name == "isar"
+
+
+def _yaml_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.suffix in (".yml", ".yaml") and p.is_file())
+
+
+def _doc(catalog: Catalog, folder: str, name: str) -> YamlDoc:
+    return catalog.docs[catalog.root / folder / f"{name}.yml"]
+
+
+def check_catalog(catalog: Catalog) -> None:
+    """Cross-file checks: every name a file uses must exist, every local kas fragment too."""
+    for name, distro in catalog.distros.items():
+        doc = _doc(catalog, "distros", name)
+        _check_repos(catalog, doc, ("repos",), distro.repos)
+        if distro.default_release not in distro.releases:
+            raise doc.error(("default_release",), f"default_release '{distro.default_release}' is not a release",
+                            suggest(distro.default_release, distro.releases))
+        for rel_name, release in distro.releases.items():
+            if release.default_kernel not in distro.kernels:
+                raise doc.error(("releases", rel_name, "default_kernel"),
+                                f"kernel '{release.default_kernel}' is not in 'kernels'", suggest(release.default_kernel, distro.kernels))
+        _check_fragments(catalog, doc, ("base",), distro.base, distro.repos)
+        for rel_name, release in distro.releases.items():
+            _check_fragments(catalog, doc, ("releases", rel_name, "kas"), release.kas, distro.repos)
+        for ver, kernel in distro.kernels.items():
+            _check_fragments(catalog, doc, ("kernels", ver, "kas"), kernel.kas, distro.repos)
+        known_order = {"board", "release", "kernel"} | {o for o, f in catalog.options.items() if name in f.distros}
+        for i, entry in enumerate(distro.order):
+            if entry not in known_order:
+                raise doc.error(("order", i), f"'{entry}' in order is neither board/release/kernel nor an option of {name}",
+                                suggest(entry, known_order))
+        missing = sorted(known_order - set(distro.order))
+        if missing:
+            raise doc.error(("order",), f"order does not place {', '.join(missing)}", "list every option of the distro once")
+        seen: set[str] = set()
+        for i, rule in enumerate(distro.rules):
+            if rule.id in seen:
+                raise doc.error(("rules", i, "id"), f"duplicate rule id '{rule.id}'", "rule ids are unique")
+            seen.add(rule.id)
+            _check_condition(catalog, doc, ("rules", i, "when"), rule.when, name)
+
+    for name, board in catalog.boards.items():
+        doc = _doc(catalog, "boards", name)
+        for dname, bdistro in board.distros.items():
+            if dname not in catalog.distros:
+                raise doc.error(("distros", dname), f"unknown distro '{dname}'", suggest(dname, catalog.distros))
+            _check_repos(catalog, doc, ("distros", dname, "repos"), bdistro.repos)
+            _check_fragments(catalog, doc, ("distros", dname, "kas"), bdistro.kas,
+                             catalog.distros[dname].repos + bdistro.repos)
+
+    for name, option in catalog.options.items():
+        doc = _doc(catalog, "options", name)
+        for dname, odistro in option.distros.items():
+            if dname not in catalog.distros:
+                raise doc.error(("distros", dname), f"unknown distro '{dname}'", suggest(dname, catalog.distros))
+            _check_repos(catalog, doc, ("distros", dname, "repos"), odistro.repos)
+            _check_fragments(catalog, doc, ("distros", dname, "kas"), odistro.kas,
+                             catalog.distros[dname].repos + odistro.repos)
+            own = [o for o, f in catalog.options.items() if dname in f.distros]
+            for key in ("implies", "requires", "conflicts"):
+                for i, other in enumerate(getattr(odistro, key)):
+                    if other not in own:
+                        raise doc.error(("distros", dname, key, i), f"'{other}' is not an option of {dname}", suggest(other, own))
+
+
+def _check_repos(catalog: Catalog, doc: YamlDoc, loc: tuple[str | int, ...], repos: list[str]) -> None:
+    for i, repo in enumerate(repos):
+        if repo not in catalog.repos.repos:
+            raise doc.error(loc + (i,), f"repository '{repo}' is not pinned in kas/repos.yml",
+                            suggest(repo, catalog.repos.repos))
+
+
+def _check_fragments(catalog: Catalog, doc: YamlDoc, loc: tuple[str | int, ...],
+                     fragments: Iterable[KasRef | str], repos: list[str]) -> None:
+    for i, frag in enumerate(fragments):
+        if isinstance(frag, KasRef):
+            if frag.repo not in repos:
+                raise doc.error(loc + (i, "repo"), f"repository '{frag.repo}' is not one this distro uses",
+                                f"one of: {', '.join(repos)}")
+        elif not (catalog.root / frag).is_file():
+            raise doc.error(loc + (i,), f"kas fragment '{frag}' does not exist in {catalog.root}",
+                            suggest(frag, [str(p.relative_to(catalog.root)) for p in (catalog.root / "kas").rglob("*.yml")]))
+
+
+def _check_condition(catalog: Catalog, doc: YamlDoc, loc: tuple[str | int, ...], cond: Condition,
+                     distro: str | None) -> None:
+    """Names in a rule or an exclude must exist, so a typo cannot silently match nothing."""
+    distros = [distro] if distro else list(catalog.distros)
+    known: dict[str, set[str]] = {
+        "board": set(catalog.boards),
+        "arch": {b.arch for b in catalog.boards.values()},
+        "release": {r for d in distros for r in catalog.distros[d].releases},
+        "kernel": {k for d in distros for k in catalog.distros[d].kernels},
+    }
+    for key, names in known.items():
+        sel = getattr(cond, key)
+        if sel is None:
+            continue
+        for sub in ("any_of", "none_of"):
+            for value in getattr(sel, sub) or []:
+                if value not in names:
+                    raise doc.error(loc + (key,), f"unknown {key} '{value}'", suggest(value, names))
+    options = {o for d in distros for o in catalog.options_of(d)}
+    for key in ("options", "options_any"):
+        for value in getattr(cond, key) or []:
+            if value not in options:
+                raise doc.error(loc + (key,), f"unknown option '{value}'", suggest(value, options))
+
+
+def check_recipe(catalog: Catalog, doc: YamlDoc, recipe: RecipeFile) -> None:
+    """Every name a recipe uses must exist in the catalogue."""
+
+    def check(loc: tuple[str | int, ...], kind: str, names: Iterable[str], known: Iterable[str]) -> None:
+        known = list(known)
+        for i, value in enumerate(names):
+            if value != "default" and value not in known:
+                raise doc.error(loc + (i,), f"unknown {kind} '{value}'", suggest(value, known))
+
+    all_releases = {r for d in catalog.distros.values() for r in d.releases}
+    all_kernels = {k for d in catalog.distros.values() for k in d.kernels}
+    single = isinstance(doc.data, dict) and isinstance(doc.data.get("matrix"), dict)
+    for n, m in enumerate(recipe.matrix):
+        at: tuple[str | int, ...] = ("matrix",) if single else ("matrix", n)
+        check(at + ("distro",), "distro", m.distro or [], catalog.distros)
+        check(at + ("board",), "board", m.board or [], catalog.boards)
+        check(at + ("release",), "release", m.release or [], all_releases)
+        check(at + ("kernel",), "kernel", m.kernel or [], all_kernels)
+        for i, opts in enumerate(m.options or []):
+            check(at + ("options", i), "option", opts, catalog.options)
+    for i, spec in enumerate(recipe.include):
+        for key, known in (("distro", catalog.distros), ("board", catalog.boards), ("release", all_releases),
+                           ("kernel", all_kernels)):
+            value = getattr(spec, key)
+            if value is not None:
+                check(("include", i), key, [value], known)
+        check(("include", i, "options"), "option", spec.options, catalog.options)
+    for i, exc in enumerate(recipe.exclude):
+        check(("exclude", i, "distro"), "distro", exc.distro or [], catalog.distros)
+        _check_condition(catalog, doc, ("exclude", i), exc, None)
+    rule_ids = {r.id for d in catalog.distros.values() for r in d.rules} | derived_rule_ids(catalog)
+    for i, waiver in enumerate(recipe.waive):
+        if waiver.rule not in rule_ids:
+            raise doc.error(("waive", i, "rule"), f"unknown rule '{waiver.rule}'", suggest(waiver.rule, rule_ids))
+
+
+def derived_rule_ids(catalog: Catalog) -> set[str]:
+    """Rule ids that come from option requires/conflicts rather than a distro's rules list."""
+    ids: set[str] = set()
+    for name, option in catalog.options.items():
+        for odistro in option.distros.values():
+            ids.update(f"{name}-requires-{o}" for o in odistro.requires)
+            ids.update(f"{name}-conflicts-{o}" for o in odistro.conflicts)
+    return ids
+
+
+def iter_docs(catalog: Catalog) -> Iterator[YamlDoc]:
+    yield from catalog.docs.values()

@@ -1,0 +1,286 @@
+"""The catalogue's file kinds as pydantic models: what a board, option, distro or recipe file may say.
+
+These are the edge of cipbuild (YAML in); ``catalog.py`` loads them, ``matrix.py`` and
+``kasfile.py`` read them. ``schemas/*.schema.json`` is generated from these classes.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+NAME = r"^[a-z0-9][a-z0-9.+-]*$"
+Name = Annotated[str, Field(pattern=NAME, description="lower-case name: letters, digits, '.', '+', '-'")]
+Version = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)*$", description="a version like 6.1 or 5.10")]
+Arch = Literal["amd64", "arm64", "armhf", "riscv64", "i386"]
+ArtifactType = Literal[
+    "wic", "wic.bmap", "wic.xz", "ext4", "tar.gz", "tar.bz2", "cpio.gz", "squashfs", "verity", "swu",
+    "kernel", "initrd", "dtb", "firmware", "manifest", "dpkg_status", "testdata", "sbom", "other",
+]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KasRef(Model):
+    """A kas file inside a pinned upstream repository, included with a kas cross-repo include."""
+
+    repo: Name = Field(description="name of a repository pinned in kas/repos.yml")
+    file: str = Field(min_length=1, description="path of the kas file inside that repository")
+
+    def __str__(self) -> str:
+        return f"{self.repo}:{self.file}"
+
+
+KasFragment = Annotated[
+    KasRef | str,
+    Field(description="an upstream file {repo, file}, or a path of one of cipbuild's own kas/ fragments"),
+]
+
+
+class ArtifactRule(Model):
+    """A file a build deploys; ``glob`` is relative to the deploy folder and may use {image},
+    {rootfs} and {machine}. ``when``/``unless`` see the job's options with what they imply."""
+
+    type: ArtifactType
+    glob: str = Field(min_length=1)
+    required: bool = Field(default=True, description="a build that lacks it failed")
+    when: list[Name] = Field(default_factory=list, description="only when the job has all these options")
+    unless: list[Name] = Field(default_factory=list, description="not when the job has any of these options")
+
+
+class BoardDistro(Model):
+    """What a board is in one distro."""
+
+    machine: str = Field(min_length=1, description="bitbake MACHINE")
+    kas: list[KasFragment] = Field(default_factory=list)
+    repos: list[Name] = Field(default_factory=list, description="extra pinned repositories the board's files use")
+    artifacts: list[ArtifactRule] = Field(default_factory=list)
+
+
+class TestFacts(Model):
+    """How the test stage boots this board."""
+
+    device_type: str | None = Field(default=None, description="LAVA device type; null: not tested in LAVA")
+    boot_method: Literal["qemu", "u-boot", "grub", "minimal", "none"] = "none"
+    qemu: dict[str, str] = Field(default_factory=dict, description="qemu facts: arch, machine, cpu, firmware")
+
+
+class BoardFile(Model):
+    """boards/<name>.yml: one board, under one name across distros."""
+
+    description: str
+    arch: Arch
+    vendor: str | None = None
+    distros: dict[Name, BoardDistro] = Field(min_length=1)
+    test: TestFacts = Field(default_factory=TestFacts)
+
+
+class OptionDistro(Model):
+    """How one distro implements an option."""
+
+    kas: list[KasFragment] = Field(default_factory=list)
+    repos: list[Name] = Field(default_factory=list, description="extra pinned repositories the option's files use")
+    target: str | None = Field(default=None, description="the image recipe this option builds instead of the default")
+    image_suffix: str = Field(default="", description="appended to the image name (isar's IMAGE_FULLNAME)")
+    implies: list[Name] = Field(default_factory=list, description="options this one switches on by itself")
+    requires: list[Name] = Field(default_factory=list, description="options a job must also have")
+    conflicts: list[Name] = Field(default_factory=list, description="options a job must not also have")
+
+
+class OptionFile(Model):
+    """options/<name>.yml: a feature a job may switch on."""
+
+    summary: str
+    distros: dict[Name, OptionDistro] = Field(min_length=1)
+
+
+class Release(Model):
+    kas: list[KasFragment] = Field(default_factory=list)
+    distro: str = Field(min_length=1, description="bitbake DISTRO for this release")
+    default_kernel: Version
+    debian: Version = Field(description="Debian version number")
+
+
+class Kernel(Model):
+    kas: list[KasFragment] = Field(default_factory=list)
+    branch: str = Field(default="", description="CIP kernel branch")
+
+
+class Selector(Model):
+    """A condition on one field of a candidate job."""
+
+    any_of: list[str] | None = None
+    none_of: list[str] | None = None
+    below: Version | None = None
+    at_least: Version | None = None
+
+
+def _selector(value: Any) -> Any:
+    if isinstance(value, (str, int)):
+        return {"any_of": [str(value)]}
+    if isinstance(value, list):
+        return {"any_of": [str(v) for v in value]}
+    if isinstance(value, dict) and "not" in value:
+        rest = {k: v for k, v in value.items() if k != "not"}
+        neg = value["not"]
+        return {**rest, "none_of": [str(neg)] if isinstance(neg, (str, int)) else neg}
+    return value
+
+
+class Condition(Model):
+    """Every given field must match. A value is a name, a list (any of), ``{not: ...}``, or for
+    ``kernel`` ``{below: V}`` / ``{at_least: V}``; ``options`` needs all, ``options_any`` one."""
+
+    board: Selector | None = None
+    arch: Selector | None = None
+    release: Selector | None = None
+    kernel: Selector | None = None
+    options: list[Name] | None = None
+    options_any: list[Name] | None = None
+
+    @field_validator("board", "arch", "release", "kernel", mode="before")
+    @classmethod
+    def _parse_selector(cls, value: Any) -> Any:
+        return _selector(value)
+
+    @field_validator("options", "options_any", mode="before")
+    @classmethod
+    def _listify(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Condition:
+        if not self.model_fields_set:
+            raise ValueError("a condition needs at least one field")
+        return self
+
+
+class Rule(Model):
+    """A combination the distro cannot build: jobs matching ``when`` are excluded."""
+
+    id: Name
+    summary: str = Field(description="why, in one line; shown by plan --explain")
+    source: str = Field(default="", description="where upstream says so (e.g. a Kconfig symbol)")
+    when: Condition
+
+
+class DistroFile(Model):
+    """distros/<name>.yml: a build flavour of CIP Core (isar-cip-core, deby)."""
+
+    description: str
+    build_system: Literal["isar", "openembedded"]
+    repos: list[Name] = Field(min_length=1, description="repositories of kas/repos.yml this distro uses")
+    base: list[KasFragment] = Field(min_length=1, description="kas files every job includes first")
+    target: str = Field(description="default image recipe")
+    image_name: str = Field(
+        default="{target}-{distro}-{machine}{suffix}",
+        description="deployed image base name; {target} {distro} {machine} {suffix} (an option's image_suffix)",
+    )
+    rootfs_name: str | None = Field(default=None, description="base name of .manifest/.dpkg_status; default image_name")
+    artifacts: list[ArtifactRule] = Field(default_factory=list, description="deployed by every board")
+    default_release: Name
+    releases: dict[Name, Release] = Field(min_length=1)
+    kernels: dict[Version, Kernel] = Field(min_length=1)
+    order: list[Name] = Field(
+        description="include order: 'board', 'kernel', 'release' and option names; also the option order in job ids",
+    )
+    rules: list[Rule] = Field(default_factory=list)
+
+
+class JobSpec(Model):
+    """One job named field by field; unset fields come from the recipe's defaults."""
+
+    distro: Name | None = None
+    board: Name | None = None
+    release: Name | None = None
+    kernel: Version | Literal["default"] | None = None
+    options: list[Name] = Field(default_factory=list)
+
+
+class Axes(Model):
+    distro: list[Name] | None = None
+    board: list[Name] | None = None
+    release: list[Name] | None = None
+    kernel: list[Version | Literal["default"]] | None = None
+    options: list[list[Name]] | None = Field(default=None, description="option sets; [] is the plain image")
+
+    @field_validator("distro", "board", "release", "kernel", mode="before")
+    @classmethod
+    def _listify(cls, value: Any) -> Any:
+        return [value] if isinstance(value, (str, int)) else value
+
+
+class Exclude(Condition):
+    distro: list[Name] | None = None
+
+    @field_validator("distro", mode="before")
+    @classmethod
+    def _listify_distro(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class Waiver(Model):
+    """Build the named jobs although ``rule`` excludes them, and say why."""
+
+    rule: Name
+    jobs: list[str] = Field(min_length=1, description="job ids")
+    reason: str = Field(min_length=1)
+
+
+class Defaults(Model):
+    distro: Name | None = None
+    release: Name | None = None
+    kernel: Version | Literal["default"] = "default"
+
+
+class RecipeFile(Model):
+    """recipes/<name>.yml: a named matrix."""
+
+    description: str
+    defaults: Defaults = Field(default_factory=Defaults)
+    matrix: list[Axes] = Field(default_factory=list, description="one set of axes, or a list of them")
+    include: list[JobSpec] = Field(default_factory=list)
+    exclude: list[Exclude] = Field(default_factory=list)
+    waive: list[Waiver] = Field(default_factory=list)
+
+    @field_validator("matrix", mode="before")
+    @classmethod
+    def _listify(cls, value: Any) -> Any:
+        return [value] if isinstance(value, dict) else value
+
+    @model_validator(mode="after")
+    def _something(self) -> RecipeFile:
+        if not self.matrix and not self.include:
+            raise ValueError("a recipe needs a 'matrix' or an 'include' list")
+        return self
+
+
+class RepoPin(Model):
+    url: str = Field(pattern=r"^(https?|git|ssh|file)://|^git@")
+    commit: str = Field(pattern=r"^[0-9a-f]{40}$", description="full commit id")
+    tag: str | None = Field(default=None, description="the release tag this commit is, for people")
+    layers: dict[str, None] | None = None
+
+
+class ReposFile(Model):
+    """kas/repos.yml: every upstream repository, pinned by URL and full commit, in one place."""
+
+    header: dict[str, Any]
+    repos: dict[Name, RepoPin]
+
+
+FILE_KINDS: dict[str, type[Model]] = {
+    "board": BoardFile,
+    "option": OptionFile,
+    "distro": DistroFile,
+    "recipe": RecipeFile,
+    "repos": ReposFile,
+}
+
+
+def is_name(text: str) -> bool:
+    return re.fullmatch(NAME, text) is not None
