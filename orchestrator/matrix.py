@@ -94,6 +94,28 @@ class Plan:
     def excluded_count(self) -> int:
         return len(self._excluded) + len(self._raw_excluded)
 
+    def iter_excluded(self) -> Iterator[Excluded]:
+        """Like ``excluded`` but builds records one at a time (the full catalogue has ~10^5)."""
+        if "excluded" in self.__dict__:
+            yield from self.excluded
+            return
+        yield from self._excluded
+        if self._expander:
+            make = self._expander.job_of
+            for d, r, b, k, m, rules in self._raw_excluded:
+                yield Excluded(make(d, r, b, k, m), rules)
+
+    def examples(self) -> dict[str, str]:
+        """One excluded job id per rule."""
+        want = set(self.rule_counts())
+        found: dict[str, str] = {}
+        for exc in self.iter_excluded():
+            for rule in exc.rules:
+                found.setdefault(rule, exc.job.id)
+            if len(found) == len(want):
+                break
+        return found
+
     def rule_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for rules in itertools.chain((e.rules for e in self._excluded), (raw[5] for raw in self._raw_excluded)):
@@ -410,7 +432,7 @@ def select(plan: Plan, sel: Selection, catalog: Catalog) -> Plan:
                 and (not sel.job_ids or job.id in sel.job_ids))
 
     jobs = [j for j in plan.jobs if keep(j)]
-    excluded = [e for e in plan.excluded if keep(e.job)]
+    excluded = [e for e in plan.iter_excluded() if keep(e.job)]
     for job_id in sel.job_ids:
         if not any(j.id == job_id for j in jobs):
             hint = suggest(job_id, [j.id for j in plan.jobs])
@@ -470,3 +492,54 @@ def make_plan(catalog: Catalog, *, recipe: str | None, everything: bool, sel: Se
                             hint="see `cipbuild plan --all --explain` for what can be built")
         raise UserError("nothing to plan", where=sel.describe() or "plan")
     return plan
+
+
+def parse_job_id(catalog: Catalog, job_id: str) -> tuple[str, str, str, str, tuple[str, ...]]:
+    """Split ``isar-bookworm-qemu-amd64-k5.10-security`` into distro, release, board, kernel, options."""
+
+    def take(rest: str, names: Iterable[str]) -> tuple[str, str] | None:
+        for name in sorted(names, key=len, reverse=True):
+            if rest == name or rest.startswith(name + "-"):
+                return name, rest[len(name) + 1:]
+        return None
+
+    bad = UserError(f"'{job_id}' is not a job id", where="JOB_ID",
+                    hint="ids look like isar-bookworm-qemu-amd64-security; `cipbuild plan` lists them")
+    found = take(job_id, catalog.distros)
+    if not found:
+        raise bad
+    distro, rest = found
+    dfile = catalog.distros[distro]
+    found = take(rest, dfile.releases)
+    if not found:
+        raise bad
+    release, rest = found
+    found = take(rest, catalog.boards)
+    if not found:
+        raise bad
+    board, rest = found
+    kernel = "default"
+    found = take(rest, (f"k{k}" for k in dfile.kernels))
+    if found:
+        kernel, rest = found[0][1:], found[1]
+    options: list[str] = []
+    while rest:
+        found = take(rest, catalog.options_of(distro))
+        if not found:
+            raise UserError(f"'{job_id}': unknown option at '{rest}'", where="JOB_ID",
+                            hint=suggest(rest.split("-")[0], catalog.options_of(distro)))
+        options.append(found[0])
+        rest = found[1]
+    return distro, release, board, kernel, tuple(options)
+
+
+def resolve_job(catalog: Catalog, job_id: str) -> Job:
+    """The Job an id names, if the catalogue's rules allow it."""
+    expander = Expander(catalog)
+    job, reasons = expander._judge(*parse_job_id(catalog, job_id))
+    if reasons:
+        why = "; ".join(f"{r}: {summary_of(catalog, r)}" for r in reasons)
+        raise UserError(f"job '{job_id}' cannot be built: {why}", where="JOB_ID")
+    if job.id != job_id:
+        raise UserError(f"'{job_id}' is not in canonical form", where="JOB_ID", hint=f"use '{job.id}'")
+    return job
