@@ -272,6 +272,11 @@ def check_catalog(catalog: Catalog) -> None:
             seen.add(rule.id)
             _check_condition(catalog, doc, ("rules", i, "when"), rule.when, name)
 
+    for name in catalog.options:
+        if _is_concatenation(name, set(catalog.options) - {name}):
+            raise _doc(catalog, "options", name).error((), f"option name '{name}' is other option names joined by '-'",
+                                                      "job ids would be ambiguous; choose another name")
+
     for name, board in catalog.boards.items():
         doc = _doc(catalog, "boards", name)
         for dname, bdistro in board.distros.items():
@@ -294,6 +299,12 @@ def check_catalog(catalog: Catalog) -> None:
                 for i, other in enumerate(getattr(odistro, key)):
                     if other not in own:
                         raise doc.error(("distros", dname, key, i), f"'{other}' is not an option of {dname}", suggest(other, own))
+
+
+def _is_concatenation(name: str, others: set[str]) -> bool:
+    parts = name.split("-")
+    return any("-".join(parts[:i]) in others and ("-".join(parts[i:]) in others
+               or _is_concatenation("-".join(parts[i:]), others)) for i in range(1, len(parts)))
 
 
 def _check_repos(catalog: Catalog, doc: YamlDoc, loc: tuple[str | int, ...], repos: list[str]) -> None:

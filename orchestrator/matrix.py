@@ -522,15 +522,27 @@ def parse_job_id(catalog: Catalog, job_id: str) -> tuple[str, str, str, str, tup
     found = take(rest, (f"k{k}" for k in dfile.kernels))
     if found:
         kernel, rest = found[0][1:], found[1]
-    options: list[str] = []
-    while rest:
-        found = take(rest, catalog.options_of(distro))
-        if not found:
-            raise UserError(f"'{job_id}': unknown option at '{rest}'", where="JOB_ID",
-                            hint=suggest(rest.split("-")[0], catalog.options_of(distro)))
-        options.append(found[0])
-        rest = found[1]
+    names = catalog.options_of(distro)
+    options = _split_options(rest, names, ordered=True)
+    if options is None:
+        options = _split_options(rest, names, ordered=False)  # resolve_job then names the canonical id
+    if options is None:
+        raise UserError(f"'{job_id}': unknown option in '{rest}'", where="JOB_ID",
+                        hint=suggest(rest, names))
     return distro, release, board, kernel, tuple(options)
+
+
+def _split_options(rest: str, names: list[str], *, ordered: bool) -> list[str] | None:
+    """Option names joined by '-' back into a list (backtracking: 'swupdate-2022.12' is one option)."""
+    if not rest:
+        return []
+    for i, name in enumerate(names):
+        if rest == name or rest.startswith(name + "-"):
+            others = names[i + 1:] if ordered else names[:i] + names[i + 1:]
+            tail = _split_options(rest[len(name) + 1:], others, ordered=ordered)
+            if tail is not None:
+                return [name, *tail]
+    return None
 
 
 def resolve_job(catalog: Catalog, job_id: str) -> Job:
