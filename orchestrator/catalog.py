@@ -74,7 +74,9 @@ def validate(doc: YamlDoc, model: type[M]) -> M:
 
 
 def _config_error(doc: YamlDoc, model: type[Model], exc: ValidationError) -> ConfigError:
-    err = exc.errors(include_url=False)[0]
+    errors = exc.errors(include_url=False)
+    # An unknown key usually explains the missing one next to it (a typo), so report it first.
+    err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     loc = _data_path(doc.data, err["loc"])
     shown = ".".join(str(p) for p in loc) or "(top)"
     kind = err["type"]
@@ -109,15 +111,10 @@ def _allowed_keys(model: type[Model], loc: tuple[str | int, ...]) -> list[str]:
     """Field names of the model found at ``loc`` (best effort, for suggestions)."""
     current: Any = model
     for part in loc:
-        if isinstance(part, int) or not (isinstance(current, type) and issubclass(current, Model)):
-            current = _inner_model(current)
-            if isinstance(part, int):
-                continue
-        if not (isinstance(current, type) and issubclass(current, Model)):
-            return []
-        info = current.model_fields.get(str(part))
-        current = _inner_model(info.annotation) if info else None
-    current = _inner_model(current)
+        fields = current.model_fields if isinstance(current, type) and issubclass(current, Model) else {}
+        if isinstance(part, str) and part in fields:
+            current = _inner_model(fields[part].annotation)
+        # otherwise ``part`` is a list index or a mapping key inside the current field: stay
     if isinstance(current, type) and issubclass(current, Model):
         return list(current.model_fields)
     return []
@@ -242,6 +239,11 @@ def _doc(catalog: Catalog, folder: str, name: str) -> YamlDoc:
 
 def check_catalog(catalog: Catalog) -> None:
     """Cross-file checks: every name a file uses must exist, every local kas fragment too."""
+    for name in catalog.options:
+        if _is_concatenation(name, set(catalog.options) - {name}):
+            raise _doc(catalog, "options", name).error((), f"option name '{name}' is other option names joined by '-'",
+                                                      "job ids would be ambiguous; choose another name")
+
     for name, distro in catalog.distros.items():
         doc = _doc(catalog, "distros", name)
         _check_repos(catalog, doc, ("repos",), distro.repos)
@@ -271,11 +273,6 @@ def check_catalog(catalog: Catalog) -> None:
                 raise doc.error(("rules", i, "id"), f"duplicate rule id '{rule.id}'", "rule ids are unique")
             seen.add(rule.id)
             _check_condition(catalog, doc, ("rules", i, "when"), rule.when, name)
-
-    for name in catalog.options:
-        if _is_concatenation(name, set(catalog.options) - {name}):
-            raise _doc(catalog, "options", name).error((), f"option name '{name}' is other option names joined by '-'",
-                                                      "job ids would be ambiguous; choose another name")
 
     for name, board in catalog.boards.items():
         doc = _doc(catalog, "boards", name)
