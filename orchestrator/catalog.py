@@ -94,15 +94,14 @@ def _data_path(data: Any, loc: Iterable[int | str]) -> tuple[str | int, ...]:
     path: list[str | int] = []
     node = data
     for part in loc:
-        if isinstance(node, dict) and part in node:
+        inside_list = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        if inside_list or (isinstance(node, dict) and part in node):
             node = node[part]
             path.append(part)
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
-            node = node[part]
-            path.append(part)
-        elif not isinstance(node, (dict, list)) or isinstance(part, str) and isinstance(node, dict):
-            if isinstance(node, dict) and isinstance(part, str) and is_name(part.replace("_", "-")):
-                path.append(part)  # a missing or extra key: name it
+            continue
+        if isinstance(node, dict) and isinstance(part, str) and is_name(part.replace("_", "-")):
+            path.append(part)  # a missing or extra key: name it
+        if not isinstance(node, list):
             break
     return tuple(path)
 
@@ -183,8 +182,11 @@ class Catalog:
 def load_catalog(root: Path) -> Catalog:
     """Read and cross-check a whole catalogue folder."""
     if not root.is_dir():
-        raise UserError(f"catalogue folder {root} does not exist", where="--catalog",
-                        hint="point --catalog or CIPBUILD_CATALOG at a folder with boards/ options/ distros/")
+        raise UserError(
+            f"catalogue folder {root} does not exist",
+            where="--catalog",
+            hint="point --catalog or CIPBUILD_CATALOG at a folder with boards/ options/ distros/",
+        )
     docs: dict[Path, YamlDoc] = {}
 
     def shown(path: Path) -> str:
@@ -198,16 +200,20 @@ def load_catalog(root: Path) -> Catalog:
         for path in _yaml_files(root / folder):
             doc = load_yaml(path, display=shown(path))
             if not is_name(path.stem):
-                raise doc.error((), f"file name '{path.stem}' is not a valid name",
-                                "use lower-case letters, digits, '.', '+' and '-'")
+                raise doc.error(
+                    (),
+                    f"file name '{path.stem}' is not a valid name",
+                    "use lower-case letters, digits, '.', '+' and '-'",
+                )
             docs[path] = doc
             out[path.stem] = validate(doc, model)
         return out
 
     distros = load_kind("distros", DistroFile)
     if not distros:
-        raise ConfigError(shown(root / "distros"), None, "the catalogue defines no distro",
-                          hint="add distros/<name>.yml")
+        raise ConfigError(
+            shown(root / "distros"), None, "the catalogue defines no distro", hint="add distros/<name>.yml"
+        )
     # the default distro is listed first
     distros = dict(sorted(distros.items(), key=lambda kv: (not _is_default(docs, root, kv[0]), kv[0])))
     boards = load_kind("boards", BoardFile)
@@ -241,19 +247,28 @@ def check_catalog(catalog: Catalog) -> None:
     """Cross-file checks: every name a file uses must exist, every local kas fragment too."""
     for name in catalog.options:
         if _is_concatenation(name, set(catalog.options) - {name}):
-            raise _doc(catalog, "options", name).error((), f"option name '{name}' is other option names joined by '-'",
-                                                      "job ids would be ambiguous; choose another name")
+            raise _doc(catalog, "options", name).error(
+                (),
+                f"option name '{name}' is other option names joined by '-'",
+                "job ids would be ambiguous; choose another name",
+            )
 
     for name, distro in catalog.distros.items():
         doc = _doc(catalog, "distros", name)
         _check_repos(catalog, doc, ("repos",), distro.repos)
         if distro.default_release not in distro.releases:
-            raise doc.error(("default_release",), f"default_release '{distro.default_release}' is not a release",
-                            suggest(distro.default_release, distro.releases))
+            raise doc.error(
+                ("default_release",),
+                f"default_release '{distro.default_release}' is not a release",
+                suggest(distro.default_release, distro.releases),
+            )
         for rel_name, release in distro.releases.items():
             if release.default_kernel not in distro.kernels:
-                raise doc.error(("releases", rel_name, "default_kernel"),
-                                f"kernel '{release.default_kernel}' is not in 'kernels'", suggest(release.default_kernel, distro.kernels))
+                raise doc.error(
+                    ("releases", rel_name, "default_kernel"),
+                    f"kernel '{release.default_kernel}' is not in 'kernels'",
+                    suggest(release.default_kernel, distro.kernels),
+                )
         _check_fragments(catalog, doc, ("base",), distro.base, distro.repos)
         for rel_name, release in distro.releases.items():
             _check_fragments(catalog, doc, ("releases", rel_name, "kas"), release.kas, distro.repos)
@@ -262,11 +277,16 @@ def check_catalog(catalog: Catalog) -> None:
         known_order = {"board", "release", "kernel"} | {o for o, f in catalog.options.items() if name in f.distros}
         for i, entry in enumerate(distro.order):
             if entry not in known_order:
-                raise doc.error(("order", i), f"'{entry}' in order is neither board/release/kernel nor an option of {name}",
-                                suggest(entry, known_order))
+                raise doc.error(
+                    ("order", i),
+                    f"'{entry}' in order is neither board/release/kernel nor an option of {name}",
+                    suggest(entry, known_order),
+                )
         missing = sorted(known_order - set(distro.order))
         if missing:
-            raise doc.error(("order",), f"order does not place {', '.join(missing)}", "list every option of the distro once")
+            raise doc.error(
+                ("order",), f"order does not place {', '.join(missing)}", "list every option of the distro once"
+            )
         seen: set[str] = set()
         for i, rule in enumerate(distro.rules):
             if rule.id in seen:
@@ -280,8 +300,9 @@ def check_catalog(catalog: Catalog) -> None:
             if dname not in catalog.distros:
                 raise doc.error(("distros", dname), f"unknown distro '{dname}'", suggest(dname, catalog.distros))
             _check_repos(catalog, doc, ("distros", dname, "repos"), bdistro.repos)
-            _check_fragments(catalog, doc, ("distros", dname, "kas"), bdistro.kas,
-                             catalog.distros[dname].repos + bdistro.repos)
+            _check_fragments(
+                catalog, doc, ("distros", dname, "kas"), bdistro.kas, catalog.distros[dname].repos + bdistro.repos
+            )
 
     for name, option in catalog.options.items():
         doc = _doc(catalog, "options", name)
@@ -289,42 +310,57 @@ def check_catalog(catalog: Catalog) -> None:
             if dname not in catalog.distros:
                 raise doc.error(("distros", dname), f"unknown distro '{dname}'", suggest(dname, catalog.distros))
             _check_repos(catalog, doc, ("distros", dname, "repos"), odistro.repos)
-            _check_fragments(catalog, doc, ("distros", dname, "kas"), odistro.kas,
-                             catalog.distros[dname].repos + odistro.repos)
+            _check_fragments(
+                catalog, doc, ("distros", dname, "kas"), odistro.kas, catalog.distros[dname].repos + odistro.repos
+            )
             own = [o for o, f in catalog.options.items() if dname in f.distros]
             for key in ("implies", "requires", "conflicts"):
                 for i, other in enumerate(getattr(odistro, key)):
                     if other not in own:
-                        raise doc.error(("distros", dname, key, i), f"'{other}' is not an option of {dname}", suggest(other, own))
+                        raise doc.error(
+                            ("distros", dname, key, i), f"'{other}' is not an option of {dname}", suggest(other, own)
+                        )
 
 
 def _is_concatenation(name: str, others: set[str]) -> bool:
     parts = name.split("-")
-    return any("-".join(parts[:i]) in others and ("-".join(parts[i:]) in others
-               or _is_concatenation("-".join(parts[i:]), others)) for i in range(1, len(parts)))
+    return any(
+        "-".join(parts[:i]) in others
+        and ("-".join(parts[i:]) in others or _is_concatenation("-".join(parts[i:]), others))
+        for i in range(1, len(parts))
+    )
 
 
 def _check_repos(catalog: Catalog, doc: YamlDoc, loc: tuple[str | int, ...], repos: list[str]) -> None:
     for i, repo in enumerate(repos):
         if repo not in catalog.repos.repos:
-            raise doc.error(loc + (i,), f"repository '{repo}' is not pinned in kas/repos.yml",
-                            suggest(repo, catalog.repos.repos))
+            raise doc.error(
+                (*loc, i), f"repository '{repo}' is not pinned in kas/repos.yml", suggest(repo, catalog.repos.repos)
+            )
 
 
-def _check_fragments(catalog: Catalog, doc: YamlDoc, loc: tuple[str | int, ...],
-                     fragments: Iterable[KasRef | str], repos: list[str]) -> None:
+def _check_fragments(
+    catalog: Catalog, doc: YamlDoc, loc: tuple[str | int, ...], fragments: Iterable[KasRef | str], repos: list[str]
+) -> None:
     for i, frag in enumerate(fragments):
         if isinstance(frag, KasRef):
             if frag.repo not in repos:
-                raise doc.error(loc + (i, "repo"), f"repository '{frag.repo}' is not one this distro uses",
-                                f"one of: {', '.join(repos)}")
+                raise doc.error(
+                    (*loc, i, "repo"),
+                    f"repository '{frag.repo}' is not one this distro uses",
+                    f"one of: {', '.join(repos)}",
+                )
         elif not (catalog.root / frag).is_file():
-            raise doc.error(loc + (i,), f"kas fragment '{frag}' does not exist in {catalog.root}",
-                            suggest(frag, [str(p.relative_to(catalog.root)) for p in (catalog.root / "kas").rglob("*.yml")]))
+            raise doc.error(
+                (*loc, i),
+                f"kas fragment '{frag}' does not exist in {catalog.root}",
+                suggest(frag, [str(p.relative_to(catalog.root)) for p in (catalog.root / "kas").rglob("*.yml")]),
+            )
 
 
-def _check_condition(catalog: Catalog, doc: YamlDoc, loc: tuple[str | int, ...], cond: Condition,
-                     distro: str | None) -> None:
+def _check_condition(
+    catalog: Catalog, doc: YamlDoc, loc: tuple[str | int, ...], cond: Condition, distro: str | None
+) -> None:
     """Names in a rule or an exclude must exist, so a typo cannot silently match nothing."""
     distros = [distro] if distro else list(catalog.distros)
     known: dict[str, set[str]] = {
@@ -340,12 +376,12 @@ def _check_condition(catalog: Catalog, doc: YamlDoc, loc: tuple[str | int, ...],
         for sub in ("any_of", "none_of"):
             for value in getattr(sel, sub) or []:
                 if value not in names:
-                    raise doc.error(loc + (key,), f"unknown {key} '{value}'", suggest(value, names))
+                    raise doc.error((*loc, key), f"unknown {key} '{value}'", suggest(value, names))
     options = {o for d in distros for o in catalog.options_of(d)}
     for key in ("options", "options_any"):
         for value in getattr(cond, key) or []:
             if value not in options:
-                raise doc.error(loc + (key,), f"unknown option '{value}'", suggest(value, options))
+                raise doc.error((*loc, key), f"unknown option '{value}'", suggest(value, options))
 
 
 def check_recipe(catalog: Catalog, doc: YamlDoc, recipe: RecipeFile) -> None:
@@ -355,22 +391,26 @@ def check_recipe(catalog: Catalog, doc: YamlDoc, recipe: RecipeFile) -> None:
         known = list(known)
         for i, value in enumerate(names):
             if value != "default" and value not in known:
-                raise doc.error(loc + (i,), f"unknown {kind} '{value}'", suggest(value, known))
+                raise doc.error((*loc, i), f"unknown {kind} '{value}'", suggest(value, known))
 
     all_releases = {r for d in catalog.distros.values() for r in d.releases}
     all_kernels = {k for d in catalog.distros.values() for k in d.kernels}
     single = isinstance(doc.data, dict) and isinstance(doc.data.get("matrix"), dict)
     for n, m in enumerate(recipe.matrix):
         at: tuple[str | int, ...] = ("matrix",) if single else ("matrix", n)
-        check(at + ("distro",), "distro", m.distro or [], catalog.distros)
-        check(at + ("board",), "board", m.board or [], catalog.boards)
-        check(at + ("release",), "release", m.release or [], all_releases)
-        check(at + ("kernel",), "kernel", m.kernel or [], all_kernels)
+        check((*at, "distro"), "distro", m.distro or [], catalog.distros)
+        check((*at, "board"), "board", m.board or [], catalog.boards)
+        check((*at, "release"), "release", m.release or [], all_releases)
+        check((*at, "kernel"), "kernel", m.kernel or [], all_kernels)
         for i, opts in enumerate(m.options or []):
-            check(at + ("options", i), "option", opts, catalog.options)
+            check((*at, "options", i), "option", opts, catalog.options)
     for i, spec in enumerate(recipe.include):
-        for key, known in (("distro", catalog.distros), ("board", catalog.boards), ("release", all_releases),
-                           ("kernel", all_kernels)):
+        for key, known in (
+            ("distro", catalog.distros),
+            ("board", catalog.boards),
+            ("release", all_releases),
+            ("kernel", all_kernels),
+        ):
             value = getattr(spec, key)
             if value is not None:
                 check(("include", i), key, [value], known)

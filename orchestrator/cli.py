@@ -47,11 +47,18 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    catalog: Annotated[Path | None, typer.Option(
-        "--catalog", envvar="CIPBUILD_CATALOG", metavar="DIR",
-        help="Catalogue folder (boards/ options/ distros/ recipes/ kas/) to use instead of the built-in one.")] = None,
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                          help="Print the version and exit.")] = False,
+    catalog: Annotated[
+        Path | None,
+        typer.Option(
+            "--catalog",
+            envvar="CIPBUILD_CATALOG",
+            metavar="DIR",
+            help="Catalogue folder (boards/ options/ distros/ recipes/ kas/) to use instead of the built-in one.",
+        ),
+    ] = None,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ) -> None:
     STATE.catalog_dir = catalog
 
@@ -77,8 +84,14 @@ def _table(title: str | None, columns: list[str], rows: list[list[str]], caption
     from rich import box
     from rich.table import Table
 
-    table = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, header_style="bold", title_justify="left",
-                  caption_justify="left")
+    table = Table(
+        title=title,
+        caption=caption,
+        box=box.SIMPLE_HEAD,
+        header_style="bold",
+        title_justify="left",
+        caption_justify="left",
+    )
     for i, col in enumerate(columns):
         table.add_column(col, no_wrap=i == 0, overflow="fold")
     for row in rows:
@@ -93,8 +106,16 @@ def boards(as_json: JsonOpt = False) -> None:
     if as_json:
         _print_json({name: b.model_dump(mode="json") for name, b in cat.boards.items()})
         return
-    rows = [[name, b.arch, ", ".join(f"{d}:{bd.machine}" for d, bd in b.distros.items()),
-             b.test.device_type or "-", b.description] for name, b in cat.boards.items()]
+    rows = [
+        [
+            name,
+            b.arch,
+            ", ".join(f"{d}:{bd.machine}" for d, bd in b.distros.items()),
+            b.test.device_type or "-",
+            b.description,
+        ]
+        for name, b in cat.boards.items()
+    ]
     _table("Boards", ["board", "arch", "distro:MACHINE", "LAVA device", "description"], rows)
 
 
@@ -108,11 +129,12 @@ def options(as_json: JsonOpt = False) -> None:
     rows = []
     for name, opt in cat.options.items():
         for dname, spec in opt.distros.items():
-            rel = [f"implies {', '.join(spec.implies)}" if spec.implies else "",
-                   f"needs {', '.join(spec.requires)}" if spec.requires else "",
-                   f"not with {', '.join(spec.conflicts)}" if spec.conflicts else ""]
-            rows.append([name, dname, " ".join(str(k) for k in spec.kas), "; ".join(r for r in rel if r),
-                         opt.summary])
+            rel = [
+                f"implies {', '.join(spec.implies)}" if spec.implies else "",
+                f"needs {', '.join(spec.requires)}" if spec.requires else "",
+                f"not with {', '.join(spec.conflicts)}" if spec.conflicts else "",
+            ]
+            rows.append([name, dname, " ".join(str(k) for k in spec.kas), "; ".join(r for r in rel if r), opt.summary])
     _table("Options", ["option", "distro", "kas files", "rules", "summary"], rows)
 
 
@@ -123,29 +145,42 @@ def recipes(as_json: JsonOpt = False) -> None:
 
     cat = _catalog()
     expander = Expander(cat)
-    out = []
-    for name in cat.recipe_files:
-        recipe = cat.recipe(name)
-        out.append({"name": name, "description": recipe.description, "jobs": len(expander.expand_recipe(name).jobs)})
+    rows = [(name, cat.recipe(name).description, len(expander.expand_recipe(name).jobs)) for name in cat.recipe_files]
     if as_json:
-        _print_json(out)
+        _print_json([{"name": n, "description": d, "jobs": j} for n, d, j in rows])
         return
-    _table("Recipes", ["recipe", "jobs", "description"], [[r["name"], str(r["jobs"]), r["description"]] for r in out])
+    _table("Recipes", ["recipe", "jobs", "description"], [[n, str(j), d] for n, d, j in rows])
 
 
-def _selection(boards: list[str] | None, distros: list[str] | None, releases: list[str] | None,
-               kernels: list[str] | None, opts: list[str] | None, job_ids: list[str] | None) -> Any:
+def _selection(
+    boards: list[str] | None,
+    distros: list[str] | None,
+    releases: list[str] | None,
+    kernels: list[str] | None,
+    opts: list[str] | None,
+    job_ids: list[str] | None,
+) -> Any:
     from .matrix import Selection
 
-    return Selection(tuple(distros or ()), tuple(boards or ()), tuple(releases or ()), tuple(kernels or ()),
-                     tuple(opts or ()), tuple(job_ids or ()))
+    return Selection(
+        tuple(distros or ()),
+        tuple(boards or ()),
+        tuple(releases or ()),
+        tuple(kernels or ()),
+        tuple(opts or ()),
+        tuple(job_ids or ()),
+    )
 
 
-RecipeOpt = Annotated[str | None, typer.Option("--recipe", "-r", help="Named matrix from recipes/ (see `cipbuild recipes`).")]
+RecipeOpt = Annotated[
+    str | None, typer.Option("--recipe", "-r", help="Named matrix from recipes/ (see `cipbuild recipes`).")
+]
 BoardOpt = Annotated[list[str] | None, typer.Option("--board", "-b", help="Board (repeatable).")]
 DistroOpt = Annotated[list[str] | None, typer.Option("--distro", "-d", help="isar or deby (repeatable).")]
 ReleaseOpt = Annotated[list[str] | None, typer.Option("--release", "-R", help="Debian release (repeatable).")]
-KernelOpt = Annotated[list[str] | None, typer.Option("--kernel", "-k", help="CIP kernel version, e.g. 6.1 (repeatable).")]
+KernelOpt = Annotated[
+    list[str] | None, typer.Option("--kernel", "-k", help="CIP kernel version, e.g. 6.1 (repeatable).")
+]
 OptionOpt = Annotated[list[str] | None, typer.Option("--option", "-o", help="Option every job must have (repeatable).")]
 
 
@@ -158,10 +193,19 @@ def plan(
     release: ReleaseOpt = None,
     kernel: KernelOpt = None,
     option: OptionOpt = None,
-    everything: Annotated[bool, typer.Option("--all", help="Expand the whole catalogue: every board x distro x "
-                                             "release x kernel x option subset.")] = False,
-    explain: Annotated[bool, typer.Option("--explain", help="Also show the combinations left out and the rule "
-                                          "that excluded each, and the waivers applied.")] = False,
+    everything: Annotated[
+        bool,
+        typer.Option(
+            "--all", help="Expand the whole catalogue: every board x distro x release x kernel x option subset."
+        ),
+    ] = False,
+    explain: Annotated[
+        bool,
+        typer.Option(
+            "--explain",
+            help="Also show the combinations left out and the rule that excluded each, and the waivers applied.",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Show the jobs a recipe, the whole catalogue or the flags select, without building anything.
@@ -187,15 +231,27 @@ def _job_json(cat: Catalog, job: Any) -> dict[str, Any]:
     from .kasfile import job_facts
 
     facts = job_facts(cat, job)
-    return {"id": job.id, "distro": job.distro, "release": job.release, "board": job.board, "kernel": job.kernel,
-            "options": list(job.options), "machine": facts.machine, "bitbake_distro": facts.distro,
-            "target": facts.target, "image": facts.image,
-            "waived": [{"rule": r, "reason": why} for r, why in job.waived]}
+    return {
+        "id": job.id,
+        "distro": job.distro,
+        "release": job.release,
+        "board": job.board,
+        "kernel": job.kernel,
+        "options": list(job.options),
+        "machine": facts.machine,
+        "bitbake_distro": facts.distro,
+        "target": facts.target,
+        "image": facts.image,
+        "waived": [{"rule": r, "reason": why} for r, why in job.waived],
+    }
 
 
 def _plan_json(cat: Catalog, result: Plan, explain: bool) -> dict[str, Any]:
-    data: dict[str, Any] = {"source": result.source, "candidates": result.candidates,
-                            "jobs": [_job_json(cat, j) for j in result.jobs]}
+    data: dict[str, Any] = {
+        "source": result.source,
+        "candidates": result.candidates,
+        "jobs": [_job_json(cat, j) for j in result.jobs],
+    }
     if explain:
         from .matrix import rule_summaries, summary_of
 
@@ -215,8 +271,10 @@ def _print_plan(cat: Catalog, result: Plan, explain: bool) -> None:
         note = "waives " + ", ".join(r for r, _ in job.waived) if job.waived else ""
         rows.append([job.id, job.kernel, facts.target, note])
     shown_jobs = rows[:200]
-    caption = (f"{len(result.jobs)} jobs from {result.source}; {result.excluded_count()} of "
-               f"{result.candidates} candidates excluded")
+    caption = (
+        f"{len(result.jobs)} jobs from {result.source}; {result.excluded_count()} of "
+        f"{result.candidates} candidates excluded"
+    )
     if len(shown_jobs) < len(rows):
         caption += " (first 200 shown; --json lists all)"
     _table(None, ["job", "kernel", "target", "note"], shown_jobs, caption)
@@ -231,13 +289,21 @@ def _print_plan(cat: Catalog, result: Plan, explain: bool) -> None:
         console.print("Nothing was excluded.")
         return
     if result.excluded_count() <= 60:
-        _table("Excluded", ["combination", "rule", "why"],
-               [[e.job.id, ", ".join(e.rules), summary_of(cat, e.rules[0])] for e in result.excluded])
+        _table(
+            "Excluded",
+            ["combination", "rule", "why"],
+            [[e.job.id, ", ".join(e.rules), summary_of(cat, e.rules[0])] for e in result.excluded],
+        )
     else:
         examples = result.examples()
-        _table("Excluded, by rule (--json lists every combination)", ["rule", "excluded", "example", "why"],
-               [[r, str(n), examples.get(r, ""), summary_of(cat, r)]
-                for r, n in sorted(counts.items(), key=lambda kv: -kv[1])])
+        _table(
+            "Excluded, by rule (--json lists every combination)",
+            ["rule", "excluded", "example", "why"],
+            [
+                [r, str(n), examples.get(r, ""), summary_of(cat, r)]
+                for r, n in sorted(counts.items(), key=lambda kv: -kv[1])
+            ],
+        )
 
 
 @app.command("kas")

@@ -37,7 +37,7 @@ class ConfigError(UserError):
         super().__init__(message, where=where, hint=hint)
 
 
-class BuildFailed(CipbuildError):
+class BuildError(CipbuildError):
     """A build or a test failed (exit 3)."""
 
     exit_code = 3
@@ -49,7 +49,7 @@ class InfrastructureError(CipbuildError):
     exit_code = 4
 
 
-class VerificationFailed(CipbuildError):
+class VerificationError(CipbuildError):
     """A checksum or signature did not verify (exit 5)."""
 
     exit_code = 5

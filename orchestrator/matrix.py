@@ -67,8 +67,14 @@ class Selection:
         return not (self.distros or self.boards or self.releases or self.kernels or self.options or self.job_ids)
 
     def describe(self) -> str:
-        flags = [("--distro", self.distros), ("--board", self.boards), ("--release", self.releases),
-                 ("--kernel", self.kernels), ("--option", self.options), ("job", self.job_ids)]
+        flags = [
+            ("--distro", self.distros),
+            ("--board", self.boards),
+            ("--release", self.releases),
+            ("--kernel", self.kernels),
+            ("--option", self.options),
+            ("job", self.job_ids),
+        ]
         return " ".join(f"{flag} {v}" for flag, values in flags for v in values)
 
 
@@ -153,8 +159,12 @@ class _Rule:
 
     def matches_base(self, board: str, arch: str, release: str, kernel: str) -> bool:
         w = self.when
-        return (_selects(w.board, board) and _selects(w.arch, arch) and _selects(w.release, release)
-                and _selects(w.kernel, kernel, version=True))
+        return (
+            _selects(w.board, board)
+            and _selects(w.arch, arch)
+            and _selects(w.release, release)
+            and _selects(w.kernel, kernel, version=True)
+        )
 
     def matches_options(self, closure: int) -> bool:
         return closure & self.all_mask == self.all_mask and (not self.any_mask or bool(closure & self.any_mask))
@@ -183,8 +193,10 @@ class _DistroIndex:
             self.closure_one[o] = seen
         self.requires = {o: self.mask(spec[o].requires) for o in self.options}
         self.conflicts = {o: self.mask(spec[o].conflicts) for o in self.options}
-        self.rules = [_Rule(r.id, r.when, self.mask(r.when.options or []), self.mask(r.when.options_any or []))
-                      for r in self.distro.rules]
+        self.rules = [
+            _Rule(r.id, r.when, self.mask(r.when.options or []), self.mask(r.when.options_any or []))
+            for r in self.distro.rules
+        ]
         self._verdicts: dict[tuple[tuple[int, ...], int], tuple[str, ...]] = {}
 
     def mask(self, names: Iterable[str]) -> int:
@@ -246,8 +258,9 @@ class Expander:
         self.catalog = catalog
         self.index = {name: _DistroIndex(catalog, name) for name in catalog.distros}
 
-    def job_of(self, distro: str, release: str, board: str, kernel: str, mask: int,
-               waived: tuple[tuple[str, str], ...] = ()) -> Job:
+    def job_of(
+        self, distro: str, release: str, board: str, kernel: str, mask: int, waived: tuple[tuple[str, str], ...] = ()
+    ) -> Job:
         ix = self.index[distro]
         default = ix.distro.releases[release].default_kernel if release in ix.distro.releases else kernel
         return Job(distro, release, board, kernel, ix.names(mask), kernel == default, waived)
@@ -289,11 +302,13 @@ class Expander:
         for i, waiver in enumerate(recipe.waive):
             for job_id in waiver.jobs:
                 if (waiver.rule, job_id) not in used:
-                    raise UserError(f"waive[{i}]: rule '{waiver.rule}' does not exclude a job '{job_id}' of this recipe",
-                                    where=where, hint="remove the stale waiver or fix the job id")
+                    raise UserError(
+                        f"waive[{i}]: rule '{waiver.rule}' does not exclude a job '{job_id}' of this recipe",
+                        where=where,
+                        hint="remove the stale waiver or fix the job id",
+                    )
         if not plan.jobs:
-            raise UserError(f"recipe '{name}' expands to no job", where=where,
-                            hint=_why_empty(plan))
+            raise UserError(f"recipe '{name}' expands to no job", where=where, hint=_why_empty(plan))
         return plan
 
     def _recipe_candidates(self, recipe: RecipeFile) -> Iterator[tuple[str, str, str, str, tuple[str, ...]]]:
@@ -316,8 +331,9 @@ class Expander:
                 raise UserError("an include entry needs a board", where=str(recipe))
             yield distro, release, spec.board, spec.kernel or d.kernel, tuple(spec.options)
 
-    def expand_specs(self, source: str, specs: Iterable[tuple[str, str, str, str, Sequence[str]]],
-                     recipe: RecipeFile | None = None) -> Plan:
+    def expand_specs(
+        self, source: str, specs: Iterable[tuple[str, str, str, str, Sequence[str]]], recipe: RecipeFile | None = None
+    ) -> Plan:
         """Candidates given field by field (kernel may be 'default') -> Plan, duplicates collapsed."""
         jobs: dict[str, Job] = {}
         excluded: dict[str, Excluded] = {}
@@ -335,7 +351,9 @@ class Expander:
                 kept = tuple(r for r in reasons if (r, job.id) not in waivers)
                 applied = tuple((r, waivers[(r, job.id)]) for r in reasons if (r, job.id) in waivers)
                 if applied:
-                    job = Job(job.distro, job.release, job.board, job.kernel, job.options, job.kernel_is_default, applied)
+                    job = Job(
+                        job.distro, job.release, job.board, job.kernel, job.options, job.kernel_is_default, applied
+                    )
                 reasons = kept
             if reasons:
                 excluded.setdefault(job.id, Excluded(job, reasons))
@@ -345,8 +363,9 @@ class Expander:
             excluded.pop(job_id, None)
         return Plan(source, list(jobs.values()), candidates, list(excluded.values()), _expander=self)
 
-    def _judge(self, distro: str, release: str, board: str, kernel: str,
-               options: Sequence[str]) -> tuple[Job, tuple[str, ...]]:
+    def _judge(
+        self, distro: str, release: str, board: str, kernel: str, options: Sequence[str]
+    ) -> tuple[Job, tuple[str, ...]]:
         ix = self.index[distro]
         dfile = ix.distro
         bfile = self.catalog.boards[board]
@@ -375,8 +394,12 @@ class Expander:
         if distros is not None and job.distro not in distros:
             return False
         arch = self.catalog.boards[job.board].arch
-        if not (_selects(cond.board, job.board) and _selects(cond.arch, arch) and _selects(cond.release, job.release)
-                and _selects(cond.kernel, job.kernel, version=True)):
+        if not (
+            _selects(cond.board, job.board)
+            and _selects(cond.arch, arch)
+            and _selects(cond.release, job.release)
+            and _selects(cond.kernel, job.kernel, version=True)
+        ):
             return False
         have = set(self.closure_names(job))
         if cond.options and not set(cond.options) <= have:
@@ -425,11 +448,14 @@ def select(plan: Plan, sel: Selection, catalog: Catalog) -> Plan:
         return plan
 
     def keep(job: Job) -> bool:
-        return ((not sel.distros or job.distro in sel.distros) and (not sel.boards or job.board in sel.boards)
-                and (not sel.releases or job.release in sel.releases)
-                and (not sel.kernels or job.kernel in sel.kernels)
-                and (not sel.options or set(sel.options) <= set(job.options))
-                and (not sel.job_ids or job.id in sel.job_ids))
+        return (
+            (not sel.distros or job.distro in sel.distros)
+            and (not sel.boards or job.board in sel.boards)
+            and (not sel.releases or job.release in sel.releases)
+            and (not sel.kernels or job.kernel in sel.kernels)
+            and (not sel.options or set(sel.options) <= set(job.options))
+            and (not sel.job_ids or job.id in sel.job_ids)
+        )
 
     jobs = [j for j in plan.jobs if keep(j)]
     excluded = [e for e in plan.iter_excluded() if keep(e.job)]
@@ -438,8 +464,10 @@ def select(plan: Plan, sel: Selection, catalog: Catalog) -> Plan:
             hint = suggest(job_id, [j.id for j in plan.jobs])
             why = next((e for e in excluded if e.job.id == job_id), None)
             if why:
-                raise UserError(f"job '{job_id}' is excluded by {', '.join(why.rules)}: "
-                                f"{summary_of(catalog, why.rules[0])}", where="JOB_ID")
+                raise UserError(
+                    f"job '{job_id}' is excluded by {', '.join(why.rules)}: {summary_of(catalog, why.rules[0])}",
+                    where="JOB_ID",
+                )
             raise UserError(f"no job '{job_id}' in {plan.source}", where="JOB_ID", hint=hint)
     return Plan(plan.source, jobs, plan.candidates, excluded, _expander=plan._expander)
 
@@ -447,9 +475,13 @@ def select(plan: Plan, sel: Selection, catalog: Catalog) -> Plan:
 def validate_selection(sel: Selection, catalog: Catalog) -> None:
     releases = {r for d in catalog.distros.values() for r in d.releases}
     kernels = {k for d in catalog.distros.values() for k in d.kernels}
-    for flag, values, known in (("--distro", sel.distros, catalog.distros), ("--board", sel.boards, catalog.boards),
-                                ("--release", sel.releases, releases), ("--kernel", sel.kernels, kernels),
-                                ("--option", sel.options, catalog.options)):
+    for flag, values, known in (
+        ("--distro", sel.distros, catalog.distros),
+        ("--board", sel.boards, catalog.boards),
+        ("--release", sel.releases, releases),
+        ("--kernel", sel.kernels, kernels),
+        ("--option", sel.options, catalog.options),
+    ):
         for value in values:
             if value not in known:
                 kind = flag.lstrip("-")
@@ -478,18 +510,26 @@ def make_plan(catalog: Catalog, *, recipe: str | None, everything: bool, sel: Se
     if recipe:
         plan = select(expander.expand_recipe(recipe), sel, catalog)
         if not plan.jobs:
-            raise UserError(f"no job of recipe '{recipe}' matches {sel.describe()}", where="--recipe",
-                            hint=f"see `cipbuild plan -r {recipe}`")
+            raise UserError(
+                f"no job of recipe '{recipe}' matches {sel.describe()}",
+                where="--recipe",
+                hint=f"see `cipbuild plan -r {recipe}`",
+            )
         return plan
-    plan = expander.expand_specs("the command line", adhoc_specs(catalog, sel.__class__(
-        sel.distros, sel.boards, sel.releases, sel.kernels, sel.options)))
+    plan = expander.expand_specs(
+        "the command line",
+        adhoc_specs(catalog, sel.__class__(sel.distros, sel.boards, sel.releases, sel.kernels, sel.options)),
+    )
     plan = select(plan, Selection(job_ids=sel.job_ids), catalog) if sel.job_ids else plan
     if not plan.jobs:
         first = plan.excluded[0] if plan.excluded else None
         if first:
             reasons = "; ".join(f"{r}: {summary_of(catalog, r)}" for r in first.rules)
-            raise UserError(f"{first.job.id} cannot be built: {reasons}", where=sel.describe() or "plan",
-                            hint="see `cipbuild plan --all --explain` for what can be built")
+            raise UserError(
+                f"{first.job.id} cannot be built: {reasons}",
+                where=sel.describe() or "plan",
+                hint="see `cipbuild plan --all --explain` for what can be built",
+            )
         raise UserError("nothing to plan", where=sel.describe() or "plan")
     return plan
 
@@ -500,11 +540,14 @@ def parse_job_id(catalog: Catalog, job_id: str) -> tuple[str, str, str, str, tup
     def take(rest: str, names: Iterable[str]) -> tuple[str, str] | None:
         for name in sorted(names, key=len, reverse=True):
             if rest == name or rest.startswith(name + "-"):
-                return name, rest[len(name) + 1:]
+                return name, rest[len(name) + 1 :]
         return None
 
-    bad = UserError(f"'{job_id}' is not a job id", where="JOB_ID",
-                    hint="ids look like isar-bookworm-qemu-amd64-security; `cipbuild plan` lists them")
+    bad = UserError(
+        f"'{job_id}' is not a job id",
+        where="JOB_ID",
+        hint="ids look like isar-bookworm-qemu-amd64-security; `cipbuild plan` lists them",
+    )
     found = take(job_id, catalog.distros)
     if not found:
         raise bad
@@ -527,8 +570,7 @@ def parse_job_id(catalog: Catalog, job_id: str) -> tuple[str, str, str, str, tup
     if options is None:
         options = _split_options(rest, names, ordered=False)  # resolve_job then names the canonical id
     if options is None:
-        raise UserError(f"'{job_id}': unknown option in '{rest}'", where="JOB_ID",
-                        hint=suggest(rest, names))
+        raise UserError(f"'{job_id}': unknown option in '{rest}'", where="JOB_ID", hint=suggest(rest, names))
     return distro, release, board, kernel, tuple(options)
 
 
@@ -538,8 +580,8 @@ def _split_options(rest: str, names: list[str], *, ordered: bool) -> list[str] |
         return []
     for i, name in enumerate(names):
         if rest == name or rest.startswith(name + "-"):
-            others = names[i + 1:] if ordered else names[:i] + names[i + 1:]
-            tail = _split_options(rest[len(name) + 1:], others, ordered=ordered)
+            others = names[i + 1 :] if ordered else names[:i] + names[i + 1 :]
+            tail = _split_options(rest[len(name) + 1 :], others, ordered=ordered)
             if tail is not None:
                 return [name, *tail]
     return None

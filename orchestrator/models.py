@@ -16,8 +16,25 @@ Name = Annotated[str, Field(pattern=NAME, description="lower-case name: letters,
 Version = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)*$", description="a version like 6.1 or 5.10")]
 Arch = Literal["amd64", "arm64", "armhf", "riscv64", "i386"]
 ArtifactType = Literal[
-    "wic", "wic.bmap", "wic.xz", "ext4", "tar.gz", "tar.bz2", "cpio.gz", "squashfs", "verity", "swu",
-    "kernel", "initrd", "dtb", "firmware", "manifest", "dpkg_status", "testdata", "sbom", "other",
+    "wic",
+    "wic.bmap",
+    "wic.xz",
+    "ext4",
+    "tar.gz",
+    "tar.bz2",
+    "cpio.gz",
+    "squashfs",
+    "verity",
+    "swu",
+    "kernel",
+    "initrd",
+    "dtb",
+    "firmware",
+    "manifest",
+    "dpkg_status",
+    "testdata",
+    "sbom",
+    "other",
 ]
 
 

@@ -12,7 +12,7 @@ import yaml
 from .errors import ConfigError
 
 try:
-    _Loader: type[yaml.SafeLoader] = yaml.CSafeLoader  # type: ignore[assignment,misc]
+    _Loader: type[yaml.SafeLoader] = yaml.CSafeLoader  # type: ignore[assignment]
 except AttributeError:  # pragma: no cover - libyaml missing
     _Loader = yaml.SafeLoader
 
@@ -62,7 +62,7 @@ def load_yaml(path: Path, *, display: str | None = None) -> YamlDoc:
     except yaml.YAMLError as exc:
         raise ConfigError(shown, None, f"invalid YAML: {exc}") from None
     finally:
-        loader.dispose()  # type: ignore[no-untyped-call]
+        loader.dispose()
     if node is not None:
         lines[()] = node.start_mark.line + 1
     return YamlDoc(shown, data, lines)
@@ -81,14 +81,14 @@ def _build(node: yaml.Node, loc: Path_, lines: dict[Path_, int], loader: yaml.Sa
                 raise ConfigError(path, line, f"mapping key {key!r} must be a string")
             if key in out:
                 raise ConfigError(path, line, f"duplicate key '{key}'", hint="each key may appear once")
-            lines[loc + (key,)] = line
-            out[key] = _build(value_node, loc + (key,), lines, loader, path)
+            lines[(*loc, key)] = line
+            out[key] = _build(value_node, (*loc, key), lines, loader, path)
         return out
     if isinstance(node, yaml.SequenceNode):
         items = []
         for index, item in enumerate(node.value):
-            lines[loc + (index,)] = item.start_mark.line + 1
-            items.append(_build(item, loc + (index,), lines, loader, path))
+            lines[(*loc, index)] = item.start_mark.line + 1
+            items.append(_build(item, (*loc, index), lines, loader, path))
         return items
     return _scalar(node, loader)
 
@@ -97,4 +97,4 @@ def _scalar(node: yaml.Node, loader: yaml.SafeLoader) -> Any:
     # The catalogue has versions, never real numbers: "5.10" must not become 5.1.
     if node.tag == "tag:yaml.org,2002:float":
         return str(node.value)
-    return loader.construct_object(node, deep=True)  # type: ignore[no-untyped-call]
+    return loader.construct_object(node, deep=True)

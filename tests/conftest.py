@@ -12,7 +12,7 @@ from orchestrator.catalog import Catalog, default_catalog_dir, load_catalog
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from kasfixture import Upstreams, make_upstreams  # noqa: E402
+from kasfixture import Upstreams, make_upstreams
 
 CATALOG_PARTS = ("boards", "options", "distros", "recipes", "kas", "schemas")
 

@@ -26,9 +26,12 @@ UPSTREAM_NAMES = {
 }
 
 GIT_ENV = {
-    "GIT_AUTHOR_NAME": "cipbuild tests", "GIT_AUTHOR_EMAIL": "tests@cipbuild.invalid",
-    "GIT_COMMITTER_NAME": "cipbuild tests", "GIT_COMMITTER_EMAIL": "tests@cipbuild.invalid",
-    "GIT_AUTHOR_DATE": "2025-07-29T12:00:00Z", "GIT_COMMITTER_DATE": "2025-07-29T12:00:00Z",
+    "GIT_AUTHOR_NAME": "cipbuild tests",
+    "GIT_AUTHOR_EMAIL": "tests@cipbuild.invalid",
+    "GIT_COMMITTER_NAME": "cipbuild tests",
+    "GIT_COMMITTER_EMAIL": "tests@cipbuild.invalid",
+    "GIT_AUTHOR_DATE": "2025-07-29T12:00:00Z",
+    "GIT_COMMITTER_DATE": "2025-07-29T12:00:00Z",
 }
 
 
@@ -69,16 +72,31 @@ def make_upstreams(root: Path) -> Upstreams:
         dest = root / name
         shutil.copytree(FIXTURE_REPOS / name, dest)
         env = {**os.environ, **GIT_ENV}
-        for cmd in (["git", "init", "-q", "-b", "master"], ["git", "add", "-A"],
-                    ["git", "commit", "-q", "-m", f"fixture {name}"]):
+        for cmd in (
+            ["git", "init", "-q", "-b", "master"],
+            ["git", "add", "-A"],
+            ["git", "commit", "-q", "-m", f"fixture {name}"],
+        ):
             subprocess.run(cmd, cwd=dest, env=env, check=True)
-        commits[name] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=dest, check=True, text=True,
-                                       capture_output=True).stdout.strip()
+        commits[name] = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=dest, check=True, text=True, capture_output=True
+        ).stdout.strip()
     return Upstreams(root, commits)
 
 
-ALL_REPO_NAMES = ["cip-core", "isar", "meta-cip-core", "meta-cip-security", "meta-iwg20m", "meta-hihope-rzg2m",
-                  "meta-simatic-ipc227e", "poky", "meta-debian", "meta-ti", "meta-cip-test-support"]
+ALL_REPO_NAMES = [
+    "cip-core",
+    "isar",
+    "meta-cip-core",
+    "meta-cip-security",
+    "meta-iwg20m",
+    "meta-hihope-rzg2m",
+    "meta-simatic-ipc227e",
+    "poky",
+    "meta-debian",
+    "meta-ti",
+    "meta-cip-test-support",
+]
 
 
 def kas_dump(upstreams: Upstreams, kas_file: Path, work_dir: Path, repo_names: list[str]) -> dict[str, Any]:
@@ -86,8 +104,9 @@ def kas_dump(upstreams: Upstreams, kas_file: Path, work_dir: Path, repo_names: l
     lock = kas_file.with_name(kas_file.stem + ".lock.yml")
     lock.write_text(yaml.safe_dump(upstreams.lock_for(repo_names)), encoding="utf-8")
     work_dir.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(["kas", "dump", str(kas_file)], env=upstreams.env(work_dir), text=True,
-                          capture_output=True, check=False)
+    proc = subprocess.run(
+        ["kas", "dump", str(kas_file)], env=upstreams.env(work_dir), text=True, capture_output=True, check=False
+    )
     if proc.returncode != 0:
         raise AssertionError(f"kas dump {kas_file.name} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     data = yaml.safe_load(proc.stdout)

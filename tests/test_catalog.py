@@ -19,16 +19,27 @@ from orchestrator.schemas import schema_text
 def test_shipped_catalogue_has_the_cip_boards(catalog: Catalog) -> None:
     isar = {b for b, f in catalog.boards.items() if "isar" in f.distros}
     deby = {b for b, f in catalog.boards.items() if "deby" in f.distros}
-    assert isar == {"qemu-amd64", "qemu-arm64", "qemu-arm", "qemu-riscv64", "x86-uefi", "bbb", "iwg20m",
-                    "hihope-rzg2m"}
+    assert isar == {"qemu-amd64", "qemu-arm64", "qemu-arm", "qemu-riscv64", "x86-uefi", "bbb", "iwg20m", "hihope-rzg2m"}
     assert deby == {"qemu-amd64", "bbb", "iwg20m", "hihope-rzg2m", "simatic-ipc227e"}
     assert catalog.boards["bbb"].distros["deby"].machine == "beaglebone"
     assert catalog.boards["qemu-amd64"].test.device_type == "qemu"
-    assert set(catalog.options_of("isar")) >= {"security", "test", "targz", "rt", "swupdate", "secure-boot",
-                                                "kernelci", "encrypt"}
+    assert set(catalog.options_of("isar")) >= {
+        "security",
+        "test",
+        "targz",
+        "rt",
+        "swupdate",
+        "secure-boot",
+        "kernelci",
+        "encrypt",
+    }
     assert set(catalog.options_of("deby")) == {"security", "ltp", "targz", "dhcp"}
     assert {r: d.default_kernel for r, d in catalog.distros["isar"].releases.items()} == {
-        "buster": "4.19", "bullseye": "5.10", "bookworm": "6.1", "trixie": "6.12"}
+        "buster": "4.19",
+        "bullseye": "5.10",
+        "bookworm": "6.1",
+        "trixie": "6.12",
+    }
 
 
 def test_shipped_schemas_match_the_models() -> None:
@@ -80,15 +91,19 @@ def test_wrong_value_names_the_allowed_ones(catalog_copy: Path) -> None:
 def test_duplicate_key_is_refused(catalog_copy: Path) -> None:
     option = catalog_copy / "options" / "rt.yml"
     option.write_text(option.read_text() + "summary: again\n")
-    assert error_of(catalog_copy) == f"{option}:{line_of(option, 'summary: again')}: duplicate key 'summary' " \
-                                     "(each key may appear once)"
+    assert (
+        error_of(catalog_copy) == f"{option}:{line_of(option, 'summary: again')}: duplicate key 'summary' "
+        "(each key may appear once)"
+    )
 
 
 def test_missing_kas_fragment_is_named(catalog_copy: Path) -> None:
     option = catalog_copy / "options" / "targz.yml"
     edit(option, "kas/deby/opt/targz.yml", "kas/deby/opt/tar-gz.yml")
     msg = error_of(catalog_copy)
-    assert msg.startswith(f"{option}:{line_of(option, 'tar-gz.yml')}: kas fragment 'kas/deby/opt/tar-gz.yml' does not exist")
+    assert msg.startswith(
+        f"{option}:{line_of(option, 'tar-gz.yml')}: kas fragment 'kas/deby/opt/tar-gz.yml' does not exist"
+    )
     assert "did you mean 'kas/deby/opt/targz.yml'?" in msg
 
 
@@ -109,8 +124,9 @@ def test_unknown_option_in_rule_is_refused(catalog_copy: Path) -> None:
 def test_unpinned_repository_is_refused(catalog_copy: Path) -> None:
     board = catalog_copy / "boards" / "iwg20m.yml"
     edit(board, "repos: [meta-iwg20m]", "repos: [meta-iwg20d]")
-    assert "repository 'meta-iwg20d' is not pinned in kas/repos.yml (did you mean 'meta-iwg20m'?)" in \
-        error_of(catalog_copy)
+    assert "repository 'meta-iwg20d' is not pinned in kas/repos.yml (did you mean 'meta-iwg20m'?)" in error_of(
+        catalog_copy
+    )
 
 
 def test_commit_must_be_a_full_sha(catalog_copy: Path) -> None:
@@ -126,13 +142,27 @@ def test_ambiguous_option_name_is_refused(catalog_copy: Path) -> None:
 
 # --- random edits never crash the loader -----------------------------------------------------
 
-SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.text(max_size=12),
-                    st.sampled_from(["isar", "bbb", "6.1", "5.10", "security", "kas/opt/x.yml", "{repo: x}"]))
-VALUES = st.recursive(SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=3),
-                                                       st.dictionaries(st.text(max_size=8), inner, max_size=3)),
-                      max_leaves=8)
-FILES = ["boards/qemu-amd64.yml", "boards/iwg20m.yml", "options/security.yml", "distros/isar.yml",
-         "distros/deby.yml", "recipes/cip-core-ci.yml", "kas/repos.yml"]
+SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 5),
+    st.text(max_size=12),
+    st.sampled_from(["isar", "bbb", "6.1", "5.10", "security", "kas/opt/x.yml", "{repo: x}"]),
+)
+VALUES = st.recursive(
+    SCALARS,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)),
+    max_leaves=8,
+)
+FILES = [
+    "boards/qemu-amd64.yml",
+    "boards/iwg20m.yml",
+    "options/security.yml",
+    "distros/isar.yml",
+    "distros/deby.yml",
+    "recipes/cip-core-ci.yml",
+    "kas/repos.yml",
+]
 
 
 def mutate(data: Any, path: list[int], value: Any, mode: int) -> Any:
@@ -159,10 +189,17 @@ def mutate(data: Any, path: list[int], value: Any, mode: int) -> Any:
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(file=st.sampled_from(FILES), path=st.lists(st.integers(0, 50), max_size=5), value=VALUES,
-       mode=st.integers(0, 3), raw=st.booleans(), junk=st.text(max_size=40))
-def test_random_catalogue_edits_never_crash(tmp_path_factory: pytest.TempPathFactory, file: str, path: list[int],
-                                            value: Any, mode: int, raw: bool, junk: str) -> None:
+@given(
+    file=st.sampled_from(FILES),
+    path=st.lists(st.integers(0, 50), max_size=5),
+    value=VALUES,
+    mode=st.integers(0, 3),
+    raw=st.booleans(),
+    junk=st.text(max_size=40),
+)
+def test_random_catalogue_edits_never_crash(
+    tmp_path_factory: pytest.TempPathFactory, file: str, path: list[int], value: Any, mode: int, raw: bool, junk: str
+) -> None:
     root = tmp_path_factory.mktemp("fuzz")
     for part in ("boards", "options", "distros", "recipes", "kas"):
         shutil.copytree(default_catalog_dir() / part, root / part)

@@ -5,7 +5,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import yaml
-
 from conftest import Result
 
 Cli = Callable[..., Result]
@@ -32,9 +31,19 @@ def test_plan_json_of_cip_core_ci(cli: Cli) -> None:
     data = json.loads(res.out)
     assert len(data["jobs"]) == 26
     riscv = next(j for j in data["jobs"] if j["board"] == "qemu-riscv64")
-    assert riscv == {"id": "isar-trixie-qemu-riscv64", "distro": "isar", "release": "trixie", "board": "qemu-riscv64",
-                     "kernel": "6.12", "options": [], "machine": "qemu-riscv64", "bitbake_distro": "cip-core-trixie",
-                     "target": "cip-core-image", "image": "cip-core-image-cip-core-trixie-qemu-riscv64", "waived": []}
+    assert riscv == {
+        "id": "isar-trixie-qemu-riscv64",
+        "distro": "isar",
+        "release": "trixie",
+        "board": "qemu-riscv64",
+        "kernel": "6.12",
+        "options": [],
+        "machine": "qemu-riscv64",
+        "bitbake_distro": "cip-core-trixie",
+        "target": "cip-core-image",
+        "image": "cip-core-image-cip-core-trixie-qemu-riscv64",
+        "waived": [],
+    }
 
 
 def test_plan_explain_shows_exclusions_and_waivers(cli: Cli) -> None:
@@ -77,8 +86,10 @@ def one_line_error(res: Result) -> str:
 
 
 def test_bad_input_is_one_line_and_exit_2(cli: Cli) -> None:
-    assert one_line_error(cli("plan", "-b", "qemu-amd46")) == \
-        "cipbuild: error: --board: unknown board 'qemu-amd46' (did you mean 'qemu-amd64'?)"
+    assert (
+        one_line_error(cli("plan", "-b", "qemu-amd46"))
+        == "cipbuild: error: --board: unknown board 'qemu-amd46' (did you mean 'qemu-amd64'?)"
+    )
     assert "did you mean 'release'?" in one_line_error(cli("plan", "-r", "relase"))
     impossible = one_line_error(cli("plan", "-b", "qemu-riscv64", "-R", "bookworm"))
     assert "isar-bookworm-qemu-riscv64 cannot be built: riscv64-trixie-only" in impossible

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 import yaml
-
 from kasfixture import Upstreams, kas_dump
+
 from orchestrator.catalog import Catalog
 from orchestrator.kasfile import job_facts, kas_config, render, repos_of
 from orchestrator.matrix import Expander, Job, resolve_job
@@ -16,8 +16,12 @@ from orchestrator.matrix import Expander, Job, resolve_job
 def test_generated_file_pins_every_repo_and_passes_environment(catalog: Catalog) -> None:
     job = resolve_job(catalog, "isar-bookworm-qemu-amd64-security")
     config = kas_config(catalog, job)
-    assert config["repos"] == {"cip-core": {"url": "https://gitlab.com/cip-project/cip-core/isar-cip-core.git",
-                                            "commit": "f15ea486a3235275a10423e541612c5e3ecf0791"}}
+    assert config["repos"] == {
+        "cip-core": {
+            "url": "https://gitlab.com/cip-project/cip-core/isar-cip-core.git",
+            "commit": "f15ea486a3235275a10423e541612c5e3ecf0791",
+        }
+    }
     assert config["target"] == "cip-core-image-security"
     assert config["header"]["includes"][0] == {"repo": "cip-core", "file": "kas-cip.yml"}
     # cipbuild decides these at build time; the file only forwards them
@@ -69,7 +73,7 @@ def dump_all(catalog: Catalog, upstreams: Upstreams, jobs: list[Job], tmp: Path)
         slot, job = arg
         kas_file = tmp / f"{job.id}.yml"
         kas_file.write_text(render(catalog, job), encoding="utf-8")
-        names = repos_of(catalog, job) + ["isar", "poky", "meta-debian", "meta-ti", "meta-cip-test-support"]
+        names = [*repos_of(catalog, job), "isar", "poky", "meta-debian", "meta-ti", "meta-cip-test-support"]
         return job.id, kas_dump(upstreams, kas_file, tmp / f"work{slot % 2}", names)
 
     # two kas processes at a time, each with its own work dir

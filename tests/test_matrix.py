@@ -37,8 +37,9 @@ def test_cip_core_ci_recipe_is_upstream_ci_job_for_job(catalog: Catalog) -> None
 def test_waiver_lets_only_the_named_jobs_through(catalog: Catalog) -> None:
     plan = Expander(catalog).expand_recipe("cip-core-ci")
     waived = {job.id: job.waived for job in plan.jobs if job.waived}
-    assert set(waived) == {f"isar-bookworm-{b}-security-targz-separate-home-iec-testing"
-                           for b in ("qemu-amd64", "qemu-arm64", "qemu-arm")}
+    assert set(waived) == {
+        f"isar-bookworm-{b}-security-targz-separate-home-iec-testing" for b in ("qemu-amd64", "qemu-arm64", "qemu-arm")
+    }
     assert all(rules[0][0] == "targz-swupdate" for rules in waived.values())
     # without the recipe's waiver the same job is refused
     with pytest.raises(UserError, match="targz-swupdate"):
@@ -52,21 +53,24 @@ def test_stale_waiver_is_an_error(catalog_copy: Path) -> None:
         Expander(load_catalog(catalog_copy)).expand_recipe("cip-core-ci")
 
 
-@pytest.mark.parametrize(("job_id", "rule"), [
-    ("isar-bookworm-qemu-arm64-k4.4", "kernel-4.4-arch"),
-    ("isar-trixie-qemu-riscv64-k4.19", "kernel-4.19-riscv64"),
-    ("isar-bookworm-iwg20m-k6.12", "kernel-6.12-iwg20m"),
-    ("isar-bookworm-qemu-riscv64", "riscv64-trixie-only"),
-    ("isar-trixie-qemu-riscv64-k6.1-rt", "rt-riscv64-kernel"),
-    ("isar-buster-qemu-amd64-security", "iec-layer-kernel"),
-    ("isar-bookworm-bbb-security", "security-boards"),
-    ("isar-bookworm-iwg20m-swupdate", "swupdate-iwg20m"),
-    ("isar-trixie-qemu-riscv64-k5.10-swupdate", "swupdate-riscv64-kernel"),
-    ("isar-bookworm-qemu-amd64-swupdate-targz", "targz-swupdate"),
-    ("isar-bookworm-qemu-arm-no-watchdog", "watchdog-boards"),
-    ("isar-bookworm-qemu-amd64-encrypt", "encrypt-requires-swupdate"),
-    ("isar-bookworm-qemu-amd64-security-kernelci", "security-conflicts-kernelci"),
-])
+@pytest.mark.parametrize(
+    ("job_id", "rule"),
+    [
+        ("isar-bookworm-qemu-arm64-k4.4", "kernel-4.4-arch"),
+        ("isar-trixie-qemu-riscv64-k4.19", "kernel-4.19-riscv64"),
+        ("isar-bookworm-iwg20m-k6.12", "kernel-6.12-iwg20m"),
+        ("isar-bookworm-qemu-riscv64", "riscv64-trixie-only"),
+        ("isar-trixie-qemu-riscv64-k6.1-rt", "rt-riscv64-kernel"),
+        ("isar-buster-qemu-amd64-security", "iec-layer-kernel"),
+        ("isar-bookworm-bbb-security", "security-boards"),
+        ("isar-bookworm-iwg20m-swupdate", "swupdate-iwg20m"),
+        ("isar-trixie-qemu-riscv64-k5.10-swupdate", "swupdate-riscv64-kernel"),
+        ("isar-bookworm-qemu-amd64-swupdate-targz", "targz-swupdate"),
+        ("isar-bookworm-qemu-arm-no-watchdog", "watchdog-boards"),
+        ("isar-bookworm-qemu-amd64-encrypt", "encrypt-requires-swupdate"),
+        ("isar-bookworm-qemu-amd64-security-kernelci", "security-conflicts-kernelci"),
+    ],
+)
 def test_each_kconfig_rule_excludes_and_names_itself(catalog: Catalog, job_id: str, rule: str) -> None:
     with pytest.raises(UserError, match=rule):
         resolve_job(catalog, job_id)
@@ -86,8 +90,9 @@ def test_implied_options_collapse_into_one_job(catalog: Catalog) -> None:
 
 
 def test_option_order_is_canonical(catalog: Catalog) -> None:
-    a = make_plan(catalog, recipe=None, everything=False,
-                  sel=Selection(boards=("bbb",), options=("targz", "test", "rt")))
+    a = make_plan(
+        catalog, recipe=None, everything=False, sel=Selection(boards=("bbb",), options=("targz", "test", "rt"))
+    )
     assert [j.id for j in a.jobs] == ["isar-bookworm-bbb-rt-test-targz"]
     with pytest.raises(UserError, match="use 'isar-bookworm-bbb-rt-test-targz'"):
         resolve_job(catalog, "isar-bookworm-bbb-targz-test-rt")
@@ -103,7 +108,7 @@ def test_every_recipe_job_id_parses_back(catalog: Catalog) -> None:
     expander = Expander(catalog)
     for name in catalog.recipe_files:
         for job in expander.expand_recipe(name).jobs:
-            distro, release, board, kernel, options = parse_job_id(catalog, job.id)
+            distro, release, board, _kernel, options = parse_job_id(catalog, job.id)
             assert (distro, release, board, options) == (job.distro, job.release, job.board, job.options)
 
 
@@ -134,15 +139,20 @@ def test_selector_matching_nothing_is_a_user_error(catalog: Catalog) -> None:
 def test_recipe_exclude_is_explained(catalog_copy: Path) -> None:
     (catalog_copy / "recipes" / "mini.yml").write_text(
         "description: t\nmatrix: {board: [qemu-amd64, qemu-arm64], options: [[], [test]]}\n"
-        "exclude:\n  - {board: qemu-arm64, options: [test]}\n")
+        "exclude:\n  - {board: qemu-arm64, options: [test]}\n"
+    )
     plan = Expander(load_catalog(catalog_copy)).expand_recipe("mini")
-    assert [j.id for j in plan.jobs] == ["isar-bookworm-qemu-amd64", "isar-bookworm-qemu-amd64-test",
-                                         "isar-bookworm-qemu-arm64"]
+    assert [j.id for j in plan.jobs] == [
+        "isar-bookworm-qemu-amd64",
+        "isar-bookworm-qemu-amd64-test",
+        "isar-bookworm-qemu-arm64",
+    ]
     assert [(e.job.id, e.rules) for e in plan.excluded] == [("isar-bookworm-qemu-arm64-test", ("recipe-exclude[0]",))]
 
 
 def test_empty_recipe_is_a_user_error(catalog_copy: Path) -> None:
     (catalog_copy / "recipes" / "empty.yml").write_text(
-        "description: t\nmatrix: {board: [bbb], options: [[security]]}\n")
+        "description: t\nmatrix: {board: [bbb], options: [[security]]}\n"
+    )
     with pytest.raises(UserError, match=r"recipes/empty.yml: recipe 'empty' expands to no job.*security-boards"):
         Expander(load_catalog(catalog_copy)).expand_recipe("empty")
