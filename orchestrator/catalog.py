@@ -5,15 +5,19 @@ Every problem becomes one ConfigError naming ``file:line``, what is wrong and wh
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import hashlib
 import os
+import pickle
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import ValidationError
 
+from . import __version__
 from .errors import ConfigError, UserError
 from .models import (
     BoardFile,
@@ -26,7 +30,9 @@ from .models import (
     ReposFile,
     is_name,
 )
-from .yamlfile import YamlDoc, load_yaml
+
+if TYPE_CHECKING:
+    from .yamlfile import YamlDoc
 
 M = TypeVar("M", bound=Model)
 
@@ -165,6 +171,8 @@ class Catalog:
         if name not in self.recipe_files:
             raise unknown("recipe", name, self.recipe_files, where="--recipe")
         if name not in self._recipes:
+            from .yamlfile import load_yaml
+
             path = self.recipe_files[name]
             doc = load_yaml(path, display=self._shown(path))
             recipe = validate(doc, RecipeFile)
@@ -179,8 +187,72 @@ class Catalog:
             return str(path)
 
 
-def load_catalog(root: Path) -> Catalog:
-    """Read and cross-check a whole catalogue folder."""
+CATALOG_PARTS = ("boards", "options", "distros", "recipes", "kas")
+
+
+def load_catalog(root: Path, *, cache: bool = True) -> Catalog:
+    """Read and cross-check a whole catalogue folder.
+
+    A validated catalogue is kept in the user's cache, keyed by every file's path, size and
+    mtime, so the commands people type often do not re-validate unchanged YAML.
+    """
+    if not root.is_dir():
+        raise UserError(
+            f"catalogue folder {root} does not exist",
+            where="--catalog",
+            hint="point --catalog or CIPBUILD_CATALOG at a folder with boards/ options/ distros/",
+        )
+    cache_file = _cache_file(root) if cache else None
+    if cache_file is not None and cache_file.is_file():
+        try:
+            with cache_file.open("rb") as fh:
+                cached = pickle.load(fh)
+            if isinstance(cached, Catalog) and cached.root == root:
+                return cached
+        except Exception:  # a stale or truncated cache is rebuilt, never fatal
+            pass
+    catalog = _load_catalog(root)
+    if cache_file is not None:
+        try:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
+            with tmp.open("wb") as fh:
+                pickle.dump(dataclasses.replace(catalog, docs={}, _recipes=_valid_recipes(catalog)), fh)
+            tmp.replace(cache_file)
+        except OSError:
+            pass
+    return catalog
+
+
+def _valid_recipes(catalog: Catalog) -> dict[str, RecipeFile]:
+    """Recipes that load cleanly; a broken one is left out so that it reports itself when used."""
+    out = {}
+    for name in catalog.recipe_files:
+        try:
+            out[name] = catalog.recipe(name)
+        except UserError:
+            continue
+    return out
+
+
+def _cache_file(root: Path) -> Path | None:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    digest = hashlib.sha256(f"{__version__}\0{root.resolve()}".encode())
+    try:
+        for part in CATALOG_PARTS:
+            folder = root / part
+            if folder.is_dir():
+                for path in sorted(folder.rglob("*")):
+                    st = path.stat()
+                    digest.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+    except OSError:
+        return None
+    return Path(base) / "cipbuild" / f"catalog-{digest.hexdigest()[:32]}.pickle"
+
+
+def _load_catalog(root: Path) -> Catalog:
+    from .yamlfile import load_yaml
+
     if not root.is_dir():
         raise UserError(
             f"catalogue folder {root} does not exist",

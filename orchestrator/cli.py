@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -11,10 +10,9 @@ import typer
 
 from . import __version__
 from .errors import CipbuildError
+from .output import print_json, print_line, print_table
 
 if TYPE_CHECKING:
-    from rich.console import Console
-
     from .catalog import Catalog
     from .matrix import Plan
 
@@ -69,42 +67,12 @@ def _catalog() -> Catalog:
     return load_catalog(catalog_dir(STATE.catalog_dir))
 
 
-def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2) + "\n")
-
-
-def _console() -> Console:
-    from rich.console import Console
-
-    # Piped output (CI logs, files) keeps whole lines instead of rich's 80-column default.
-    return Console() if sys.stdout.isatty() else Console(width=240)
-
-
-def _table(title: str | None, columns: list[str], rows: list[list[str]], caption: str | None = None) -> None:
-    from rich import box
-    from rich.table import Table
-
-    table = Table(
-        title=title,
-        caption=caption,
-        box=box.SIMPLE_HEAD,
-        header_style="bold",
-        title_justify="left",
-        caption_justify="left",
-    )
-    for i, col in enumerate(columns):
-        table.add_column(col, no_wrap=i == 0, overflow="fold")
-    for row in rows:
-        table.add_row(*row)
-    _console().print(table)
-
-
 @app.command()
 def boards(as_json: JsonOpt = False) -> None:
     """List the boards: architecture, MACHINE per distro, and how the test stage boots them."""
     cat = _catalog()
     if as_json:
-        _print_json({name: b.model_dump(mode="json") for name, b in cat.boards.items()})
+        print_json({name: b.model_dump(mode="json") for name, b in cat.boards.items()})
         return
     rows = [
         [
@@ -116,7 +84,7 @@ def boards(as_json: JsonOpt = False) -> None:
         ]
         for name, b in cat.boards.items()
     ]
-    _table("Boards", ["board", "arch", "distro:MACHINE", "LAVA device", "description"], rows)
+    print_table("Boards", ["board", "arch", "distro:MACHINE", "LAVA device", "description"], rows)
 
 
 @app.command()
@@ -124,7 +92,7 @@ def options(as_json: JsonOpt = False) -> None:
     """List the options a job may switch on, per distro, with what they imply, need and exclude."""
     cat = _catalog()
     if as_json:
-        _print_json({name: o.model_dump(mode="json") for name, o in cat.options.items()})
+        print_json({name: o.model_dump(mode="json") for name, o in cat.options.items()})
         return
     rows = []
     for name, opt in cat.options.items():
@@ -135,7 +103,7 @@ def options(as_json: JsonOpt = False) -> None:
                 f"not with {', '.join(spec.conflicts)}" if spec.conflicts else "",
             ]
             rows.append([name, dname, " ".join(str(k) for k in spec.kas), "; ".join(r for r in rel if r), opt.summary])
-    _table("Options", ["option", "distro", "kas files", "rules", "summary"], rows)
+    print_table("Options", ["option", "distro", "kas files", "rules", "summary"], rows)
 
 
 @app.command()
@@ -147,9 +115,9 @@ def recipes(as_json: JsonOpt = False) -> None:
     expander = Expander(cat)
     rows = [(name, cat.recipe(name).description, len(expander.expand_recipe(name).jobs)) for name in cat.recipe_files]
     if as_json:
-        _print_json([{"name": n, "description": d, "jobs": j} for n, d, j in rows])
+        print_json([{"name": n, "description": d, "jobs": j} for n, d, j in rows])
         return
-    _table("Recipes", ["recipe", "jobs", "description"], [[n, str(j), d] for n, d, j in rows])
+    print_table("Recipes", ["recipe", "jobs", "description"], [[n, str(j), d] for n, d, j in rows])
 
 
 def _selection(
@@ -222,7 +190,7 @@ def plan(
     sel = _selection(board, distro, release, kernel, option, job_ids)
     result = make_plan(cat, recipe=recipe, everything=everything, sel=sel)
     if as_json:
-        _print_json(_plan_json(cat, result, explain))
+        print_json(_plan_json(cat, result, explain))
         return
     _print_plan(cat, result, explain)
 
@@ -272,31 +240,30 @@ def _print_plan(cat: Catalog, result: Plan, explain: bool) -> None:
         rows.append([job.id, job.kernel, facts.target, note])
     shown_jobs = rows[:200]
     caption = (
-        f"{len(result.jobs)} jobs from {result.source}; {result.excluded_count()} of "
+        f"{_count(len(result.jobs), 'job')} from {result.source}; {result.excluded_count()} of "
         f"{result.candidates} candidates excluded"
     )
     if len(shown_jobs) < len(rows):
         caption += " (first 200 shown; --json lists all)"
-    _table(None, ["job", "kernel", "target", "note"], shown_jobs, caption)
+    print_table(None, ["job", "kernel", "target", "note"], shown_jobs, caption)
     if not explain:
         return
-    console = _console()
     for job in result.jobs:
         for rule, reason in job.waived:
-            console.print(f"[bold]{job.id}[/] builds although rule [bold]{rule}[/] excludes it: {reason}")
+            print_line(f"{job.id} builds although rule {rule} excludes it: {reason}", bold=job.id)
     counts = result.rule_counts()
     if not counts:
-        console.print("Nothing was excluded.")
+        print_line("Nothing was excluded.")
         return
     if result.excluded_count() <= 60:
-        _table(
+        print_table(
             "Excluded",
             ["combination", "rule", "why"],
             [[e.job.id, ", ".join(e.rules), summary_of(cat, e.rules[0])] for e in result.excluded],
         )
     else:
         examples = result.examples()
-        _table(
+        print_table(
             "Excluded, by rule (--json lists every combination)",
             ["rule", "excluded", "example", "why"],
             [
@@ -345,3 +312,7 @@ def main() -> None:
     except KeyboardInterrupt:
         sys.stderr.write("cipbuild: interrupted\n")
         sys.exit(130)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

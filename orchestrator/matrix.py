@@ -78,6 +78,26 @@ class Selection:
         return " ".join(f"{flag} {v}" for flag, values in flags for v in values)
 
 
+@dataclass(frozen=True)
+class _Block:
+    """The excluded option sets of one (distro, release, board, kernel), shared verdict table."""
+
+    distro: str
+    release: str
+    board: str
+    kernel: str
+    table: _Table
+
+
+@dataclass(frozen=True)
+class _Table:
+    """Verdicts of every option set under one set of active rules, computed once."""
+
+    accepted: tuple[int, ...]
+    excluded: tuple[tuple[int, tuple[str, ...]], ...]
+    counts: dict[str, int]
+
+
 @dataclass
 class Plan:
     """The jobs to build, in order, and the combinations left out."""
@@ -86,30 +106,24 @@ class Plan:
     jobs: list[Job]
     candidates: int
     _excluded: list[Excluded] = field(default_factory=list)
-    _raw_excluded: list[tuple[str, str, str, str, int, tuple[str, ...]]] = field(default_factory=list)
+    _blocks: list[_Block] = field(default_factory=list)
     _expander: Expander | None = None
 
     @cached_property
     def excluded(self) -> list[Excluded]:
-        out = list(self._excluded)
-        if self._raw_excluded and self._expander:
-            make = self._expander.job_of
-            out.extend(Excluded(make(d, r, b, k, m), rules) for d, r, b, k, m, rules in self._raw_excluded)
-        return out
+        return list(self.iter_excluded())
 
     def excluded_count(self) -> int:
-        return len(self._excluded) + len(self._raw_excluded)
+        return len(self._excluded) + sum(len(b.table.excluded) for b in self._blocks)
 
     def iter_excluded(self) -> Iterator[Excluded]:
         """Like ``excluded`` but builds records one at a time (the full catalogue has ~10^5)."""
-        if "excluded" in self.__dict__:
-            yield from self.excluded
-            return
         yield from self._excluded
         if self._expander:
             make = self._expander.job_of
-            for d, r, b, k, m, rules in self._raw_excluded:
-                yield Excluded(make(d, r, b, k, m), rules)
+            for b in self._blocks:
+                for mask, rules in b.table.excluded:
+                    yield Excluded(make(b.distro, b.release, b.board, b.kernel, mask), rules)
 
     def examples(self) -> dict[str, str]:
         """One excluded job id per rule."""
@@ -124,9 +138,12 @@ class Plan:
 
     def rule_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
-        for rules in itertools.chain((e.rules for e in self._excluded), (raw[5] for raw in self._raw_excluded)):
-            for rule in rules:
+        for exc in self._excluded:
+            for rule in exc.rules:
                 counts[rule] = counts.get(rule, 0) + 1
+        for b in self._blocks:
+            for rule, n in b.table.counts.items():
+                counts[rule] = counts.get(rule, 0) + n
         return counts
 
 
@@ -273,26 +290,41 @@ class Expander:
     def expand_all(self) -> Plan:
         """Every board x distro x release x kernel x option subset of the catalogue."""
         jobs: list[Job] = []
-        raw: list[tuple[str, str, str, str, int, tuple[str, ...]]] = []
+        blocks: list[_Block] = []
         candidates = 0
         for dname, ix in self.index.items():
             masks = [m for m in range(1 << len(ix.options)) if ix.canonical(m) == m]
             boards = [(b, f.arch) for b, f in sorted(self.catalog.boards.items()) if dname in f.distros]
+            tables: dict[tuple[int, ...], _Table] = {}
             for release, rel in ix.distro.releases.items():
                 for kernel in ix.distro.kernels:
                     is_default = kernel == rel.default_kernel
                     for board, arch in boards:
                         active = ix.active_rules(board, arch, release, kernel)
+                        table = tables.get(active)
+                        if table is None:
+                            table = tables[active] = self._table(ix, active, masks)
                         candidates += len(masks)
-                        verdict = ix.verdict
                         names = ix.names
-                        for mask in masks:
-                            reasons = verdict(active, mask)
-                            if reasons:
-                                raw.append((dname, release, board, kernel, mask, reasons))
-                            else:
-                                jobs.append(Job(dname, release, board, kernel, names(mask), is_default))
-        return Plan("the whole catalogue", jobs, candidates, _raw_excluded=raw, _expander=self)
+                        jobs.extend(Job(dname, release, board, kernel, names(m), is_default) for m in table.accepted)
+                        if table.excluded:
+                            blocks.append(_Block(dname, release, board, kernel, table))
+        return Plan("the whole catalogue", jobs, candidates, _blocks=blocks, _expander=self)
+
+    @staticmethod
+    def _table(ix: _DistroIndex, active: tuple[int, ...], masks: list[int]) -> _Table:
+        accepted: list[int] = []
+        excluded: list[tuple[int, tuple[str, ...]]] = []
+        counts: dict[str, int] = {}
+        for mask in masks:
+            reasons = ix.verdict(active, mask)
+            if reasons:
+                excluded.append((mask, reasons))
+                for r in reasons:
+                    counts[r] = counts.get(r, 0) + 1
+            else:
+                accepted.append(mask)
+        return _Table(tuple(accepted), tuple(excluded), counts)
 
     def expand_recipe(self, name: str) -> Plan:
         recipe = self.catalog.recipe(name)
