@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from . import __version__
-from .errors import CipbuildError
+from .errors import CipbuildError, UserError
 from .output import print_json, print_line, print_table
 
 if TYPE_CHECKING:
@@ -299,6 +299,176 @@ def schema(
 
     for path in write_schemas(out):
         typer.echo(str(path))
+
+
+RuntimeOpt = Annotated[
+    str,
+    typer.Option("--runtime", envvar="CIPBUILD_RUNTIME", help="auto (docker, then podman), docker, podman or native."),
+]
+CacheOpt = Annotated[
+    Path,
+    typer.Option(
+        "--cache",
+        envvar="CIPBUILD_CACHE",
+        metavar="DIR",
+        help="Shared DL_DIR, SSTATE_DIR and KAS_REPO_REF_DIR of all jobs.",
+    ),
+]
+ImageOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--image", envvar="CIPBUILD_IMAGE", help="Builder image for every job (default: each distro's builder)."
+    ),
+]
+
+
+def _images(cat: Catalog, image: str | None) -> dict[str, str]:
+    images: dict[str, str] = {d.build_system: image or d.builder for d in cat.distros.values()}
+    return images
+
+
+def _in_ci() -> bool:
+    import os
+
+    return bool(os.environ.get("CI"))
+
+
+@app.command()
+def build(
+    job_ids: Annotated[
+        list[str] | None, typer.Argument(help="Job ids to build (optional).", show_default=False)
+    ] = None,
+    recipe: RecipeOpt = None,
+    board: BoardOpt = None,
+    distro: DistroOpt = None,
+    release: ReleaseOpt = None,
+    kernel: KernelOpt = None,
+    option: OptionOpt = None,
+    runtime: RuntimeOpt = "auto",
+    image: ImageOpt = None,
+    jobs: Annotated[
+        int, typer.Option("--jobs", "-j", min=1, help="Jobs to build at once; bitbake threads are split between them.")
+    ] = 1,
+    keep_going: Annotated[
+        bool | None,
+        typer.Option(
+            "--keep-going/--no-keep-going",
+            help="Let other jobs finish when one fails (default: on in CI, off elsewhere).",
+            show_default=False,
+        ),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Rebuild even when a job's inputs are unchanged.")] = False,
+    out: Annotated[
+        Path, typer.Option("--out", envvar="CIPBUILD_OUT", metavar="DIR", help="Where each job's folder goes.")
+    ] = Path("out"),
+    cache: CacheOpt = Path("cache"),
+    mirror: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--mirror", metavar="DIR", help="Folder of local git mirrors named like the upstream repos (repeatable)."
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Build the jobs `plan` selects with the same flags, as kas builds inside containers.
+
+    Each job leaves out/<job-id>/ with build.log, job.yml, kas.lock.yml, metadata.json,
+    reproducer.sh and artifacts/. A job whose inputs did not change since its last successful
+    build is not rebuilt. Exit codes: 0 built, 3 a build failed, 4 infrastructure, 130 interrupted.
+    """
+    import os
+    import uuid
+
+    from .buildjob import BuildContext
+    from .matrix import make_plan
+    from .progress import BuildProgress
+    from .runtime import pick_runtime
+    from .scheduler import Options, Scheduler, exit_code
+
+    cat = _catalog()
+    sel = _selection(board, distro, release, kernel, option, job_ids)
+    chosen = make_plan(cat, recipe=recipe, everything=False, sel=sel).jobs
+    for folder in mirror or []:
+        if not folder.is_dir():
+            raise UserError(f"mirror folder {folder} does not exist", where="--mirror")
+    engine = pick_runtime(runtime)
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    ctx = BuildContext(
+        cat,
+        engine,
+        out.resolve(),
+        cache.resolve(),
+        _images(cat, image),
+        uuid.uuid4().hex[:8],
+        threads=threads,
+        mirrors=tuple(m.resolve() for m in mirror or []),
+        force=force,
+    )
+    opts = Options(jobs=jobs, keep_going=_in_ci() if keep_going is None else keep_going)
+    with BuildProgress([j.id for j in chosen]) as progress:
+        results = Scheduler(ctx, opts, progress.event, progress.task).run(chosen)
+    if as_json:
+        print_json({"out": str(ctx.out_dir), "runtime": engine.name, "results": [r.to_json() for r in results]})
+    else:
+        rows = [
+            [r.job.id, r.status, f"{r.duration:.1f}s", str(len(r.artifacts)), r.error or str(r.job_dir)]
+            for r in results
+        ]
+        print_table(None, ["job", "status", "time", "artifacts", "folder / error"], rows)
+    raise typer.Exit(exit_code(results))
+
+
+@app.command()
+def doctor(
+    runtime: RuntimeOpt = "auto",
+    image: ImageOpt = None,
+    cache: CacheOpt = Path("cache"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Check this host for builds: container engine, builder images, privileged containers,
+    binfmt for foreign architectures, cache disk space, kas. Exit 4 when something is missing."""
+    from .doctor import FAIL, check_host, to_json
+
+    cat = _catalog()
+    checks = check_host(cat, runtime, cache.resolve(), _images(cat, image))
+    if as_json:
+        print_json(to_json(checks))
+    else:
+        print_table(None, ["check", "status", "detail", "fix"], [[c.name, c.status, c.detail, c.fix] for c in checks])
+    raise typer.Exit(4 if any(c.status == FAIL for c in checks) else 0)
+
+
+image_app = typer.Typer(help="Builder images (kas in a container).", no_args_is_help=True)
+app.add_typer(image_app, name="image")
+
+
+@image_app.command("build")
+def image_build(
+    profile: Annotated[
+        str,
+        typer.Option(
+            "--profile", help="minimal (kas + git), isar or openembedded (each build system's host packages)."
+        ),
+    ] = "isar",
+    tag: Annotated[str | None, typer.Option("--tag", help="Image name (default cipbuild-builder:<profile>).")] = None,
+    suite: Annotated[str, typer.Option("--suite", help="Debian suite of the image.")] = "bookworm",
+    mirror: Annotated[str | None, typer.Option("--mirror", metavar="URL", help="Debian mirror for mmdebstrap.")] = None,
+    engine: Annotated[str, typer.Option("--engine", help="docker or podman.")] = "docker",
+    as_json: JsonOpt = False,
+) -> None:
+    """Make a kas builder image offline from Debian packages (mmdebstrap) and kas from PyPI, for
+    air-gapped hosts and CI without a registry. Use it with `cipbuild build --image TAG`."""
+    from .builder import build_image, default_tag
+
+    if engine not in ("docker", "podman"):
+        raise UserError(f"unknown engine '{engine}'", where="--engine", hint="docker or podman")
+    name = tag or default_tag(profile, suite)
+    say = (lambda text: None) if as_json else (lambda text: print_line(f"image build: {text}"))
+    image_id = build_image(engine, name, profile, suite=suite, mirror=mirror, say=say)
+    if as_json:
+        print_json({"tag": name, "id": image_id, "profile": profile, "suite": suite})
+    else:
+        print_line(f"{name} {image_id}")
 
 
 def main() -> None:

@@ -199,6 +199,7 @@ class DistroFile(Model):
     )
     rootfs_name: str | None = Field(default=None, description="base name of .manifest/.dpkg_status; default image_name")
     artifacts: list[ArtifactRule] = Field(default_factory=list, description="deployed by every board")
+    builder: str = Field(description="default builder image (kas container), pinned by version and digest")
     default_release: Name
     releases: dict[Name, Release] = Field(min_length=1)
     kernels: dict[Version, Kernel] = Field(min_length=1)

@@ -66,11 +66,28 @@ class Upstreams:
         return {"header": {"version": 14}, "overrides": {"repos": {n: {"commit": c} for n, c in commits.items()}}}
 
 
+# The fixture kas files name the real upstream pins of the repos they pull in; each is replaced
+# by the commit of the fixture standing in for that repo, so that `kas build` can check it out.
+TRANSITIVE_PINS = {
+    "isar": "d63a1cbae6f737aa843d00d8812547fe7b87104a",
+    "poky": "4edf4eb9cc86fbd4b51240fae527c1b97a7ace74",
+    "meta-debian": "8dc5105b7e36e253093f8103b1f812535bac24a9",
+    "meta-ti": "de9ee6d4fcc476e1a36834a7d5383ae03a227958",
+    "meta-cip-test-support": "579d22e158333aa90855433ddb94d904c764c49c",
+}
+
+
 def make_upstreams(root: Path) -> Upstreams:
-    commits = {}
-    for name in UPSTREAM_NAMES:
+    commits: dict[str, str] = {}
+    leaves_first = sorted(UPSTREAM_NAMES, key=lambda n: n in ("isar-cip-core", "deby"))
+    for name in leaves_first:
         dest = root / name
         shutil.copytree(FIXTURE_REPOS / name, dest)
+        for path in dest.rglob("*.y*ml"):
+            text = path.read_text()
+            for pinned, sha in ((TRANSITIVE_PINS[n], commits[n]) for n in TRANSITIVE_PINS if n in commits):
+                text = text.replace(pinned, sha)
+            path.write_text(text)
         env = {**os.environ, **GIT_ENV}
         for cmd in (
             ["git", "init", "-q", "-b", "master"],
@@ -82,6 +99,20 @@ def make_upstreams(root: Path) -> Upstreams:
             ["git", "rev-parse", "HEAD"], cwd=dest, check=True, text=True, capture_output=True
         ).stdout.strip()
     return Upstreams(root, commits)
+
+
+TEST_CATALOG = Path(__file__).parent / "fixtures" / "catalog"
+
+
+def make_test_catalog(root: Path, upstreams: Upstreams) -> Path:
+    """The test catalogue (tests/fixtures/catalog) with its pins set to the fixture commits."""
+    shutil.copytree(TEST_CATALOG, root)
+    repos = root / "kas" / "repos.yml"
+    text = repos.read_text()
+    for name, sha in upstreams.commits.items():
+        text = text.replace(f'"@{name}@"', sha)
+    repos.write_text(text)
+    return root
 
 
 ALL_REPO_NAMES = [

@@ -1,0 +1,366 @@
+"""One job's build: its folder, its inputs and their digest, metadata.json, and the run itself.
+
+``out/<job-id>/`` holds job.yml (the kas file), run.sh (the steps inside the builder),
+kas.lock.yml (resolved commits), build.log, metadata.json (written before the build and completed
+after), reproducer.sh, and artifacts/ (hard links of what the board's rules collect).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import re
+import shlex
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .artifacts import Artifact, collect
+from .catalog import Catalog
+from .errors import InfrastructureError
+from .kasfile import job_facts, render, repos_of
+from .matrix import Job
+from .runtime import LABEL, Handle, RunSpec, Runtime
+
+METADATA_SCHEMA = 1
+TASK_LINE = re.compile(r"Running (?:setscene )?task (\d+) of (\d+)")
+EPOCH_LINE = re.compile(r"^cipbuild: SOURCE_DATE_EPOCH=(\d+)$")
+
+# Passed into the builder when set. An allowlist: credentials (AWS_*, LAVA tokens, signing keys)
+# can never reach a build container by accident.
+PASSTHROUGH = (
+    "http_proxy",
+    "https_proxy",
+    "ftp_proxy",
+    "no_proxy",
+    "all_proxy",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "FTP_PROXY",
+    "NO_PROXY",
+    "ALL_PROXY",
+    "DISTRO_APT_PREMIRRORS",
+    "SOURCE_DATE_EPOCH",
+)
+# Of those, the ones that can change what a build produces, so they are part of its input digest.
+BUILD_AFFECTING = ("DISTRO_APT_PREMIRRORS", "SOURCE_DATE_EPOCH")
+
+SUCCESS, FAILED, INTERRUPTED, INFRA, UP_TO_DATE, SKIPPED = (
+    "success",
+    "failed",
+    "interrupted",
+    "infra-error",
+    "up-to-date",
+    "skipped",
+)
+
+
+@dataclass
+class BuildContext:
+    """Everything a build needs besides the job; one per `cipbuild build`."""
+
+    catalog: Catalog
+    runtime: Runtime
+    out_dir: Path
+    cache_dir: Path
+    images: dict[str, str]  # build system -> builder image
+    session: str
+    threads: int = 1
+    mirrors: tuple[Path, ...] = ()
+    force: bool = False
+    environ: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    _digests: dict[str, str] = field(default_factory=dict)
+    _engine: dict[str, str] | None = None
+
+    def image_for(self, job: Job) -> str:
+        return self.images[self.catalog.distros[job.distro].build_system]
+
+    def image_digest(self, image: str) -> str:
+        if image not in self._digests:
+            self._digests[image] = self.runtime.image_digest(image)
+        return self._digests[image]
+
+    def engine(self) -> dict[str, str]:
+        if self._engine is None:
+            self._engine = self.runtime.check()
+        return self._engine
+
+
+@dataclass
+class BuildResult:
+    job: Job
+    status: str
+    job_dir: Path
+    duration: float = 0.0
+    inputs_digest: str = ""
+    artifacts: list[Artifact] = field(default_factory=list)
+    error: str = ""
+    exit_code: int | None = None
+
+    @property
+    def log(self) -> Path:
+        return self.job_dir / "build.log"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.job.id,
+            "status": self.status,
+            "duration_s": round(self.duration, 3),
+            "folder": str(self.job_dir),
+            "log": str(self.log),
+            "inputs_digest": self.inputs_digest,
+            "error": self.error or None,
+            "artifacts": [a.to_json() for a in self.artifacts],
+        }
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Atomically, so a crash never leaves half a metadata file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def paths(ctx: BuildContext, job: Job) -> dict[str, Path]:
+    job_dir = ctx.out_dir / job.id
+    return {
+        "job_dir": job_dir,
+        "KAS_WORK_DIR": job_dir / "work",
+        "KAS_BUILD_DIR": job_dir / "build",
+        "DL_DIR": ctx.cache_dir / "downloads",
+        "SSTATE_DIR": ctx.cache_dir / "sstate",
+        "KAS_REPO_REF_DIR": ctx.cache_dir / "repo-ref",
+    }
+
+
+def premirrors(ctx: BuildContext) -> str:
+    """KAS_PREMIRRORS lines sending every upstream URL to a local mirror of the same name."""
+    lines = [f"^(?:https?|git|ssh)://.*/([^/]+?)(?:\\.git)?$ file://{mirror}/\\1" for mirror in ctx.mirrors]
+    user = ctx.environ.get("KAS_PREMIRRORS")
+    return "\n".join(([user] if user else []) + lines)
+
+
+def build_env(ctx: BuildContext, job: Job) -> dict[str, str]:
+    p = paths(ctx, job)
+    env = {k: str(v) for k, v in p.items() if k != "job_dir"}
+    env.update({k: ctx.environ[k] for k in PASSTHROUGH if ctx.environ.get(k)})
+    env["BB_NUMBER_THREADS"] = str(ctx.threads)
+    env["PARALLEL_MAKE"] = f"-j {ctx.threads}"
+    mirrors = premirrors(ctx)
+    if mirrors:
+        env["KAS_PREMIRRORS"] = mirrors
+    return env
+
+
+def inputs_of(ctx: BuildContext, job: Job, kas_text: str) -> dict[str, Any]:
+    image = ctx.image_for(job)
+    return {
+        "kas_file_sha256": hashlib.sha256(kas_text.encode()).hexdigest(),
+        "upstream": {
+            n: {"url": ctx.catalog.repos.repos[n].url, "commit": ctx.catalog.repos.repos[n].commit}
+            for n in repos_of(ctx.catalog, job)
+        },
+        "builder_image": image,
+        "builder_image_digest": ctx.image_digest(image),
+        "cipbuild_version": __version__,
+        "env": {k: ctx.environ[k] for k in BUILD_AFFECTING if ctx.environ.get(k)},
+    }
+
+
+def digest_of(inputs: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+
+
+def run_script(ctx: BuildContext, job: Job) -> str:
+    main = ctx.catalog.distros[job.distro].repos[0]
+    commit = ctx.catalog.repos.repos[main].commit
+    return f"""#!/bin/sh
+# cipbuild {__version__}: the steps that build {job.id} inside its builder.
+set -eu
+cd "$(dirname "$0")"
+kas dump --lock job.yml > kas.lock.yml
+if [ -z "${{SOURCE_DATE_EPOCH:-}}" ]; then
+    SOURCE_DATE_EPOCH=$(git -C "$KAS_WORK_DIR/{main}" log -1 --format=%ct {commit})
+    export SOURCE_DATE_EPOCH
+fi
+echo "cipbuild: SOURCE_DATE_EPOCH=$SOURCE_DATE_EPOCH"
+kas build job.yml:kas.lock.yml
+"""
+
+
+def reproducer(ctx: BuildContext, job: Job, spec: RunSpec) -> str:
+    env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(spec.env.items()))
+    head = f"#!/bin/sh\n# Rebuild {job.id} by hand, as cipbuild {__version__} did.\n"
+    if ctx.runtime.name == "native":
+        return head + f"cd {shlex.quote(str(spec.workdir))} && exec env {env} sh run.sh\n"
+    engine = ctx.runtime.name
+    flags = ["--rm", "-w", str(spec.workdir)]
+    flags += [f"-v {shlex.quote(str(m))}:{shlex.quote(str(m))}" for m in spec.mounts]
+    flags += [f"-e {k}={shlex.quote(v)}" for k, v in sorted(spec.env.items())]
+    if spec.privileged:
+        flags.append("--privileged")
+    return head + f"exec {engine} run {' '.join(flags)} {spec.image} sh run.sh\n"
+
+
+def up_to_date(job_dir: Path, digest: str) -> list[Artifact] | None:
+    """The artifacts of a previous successful build with the same input digest, if all are still there."""
+    meta = read_json(job_dir / "metadata.json")
+    if not meta or meta.get("status") != SUCCESS or meta.get("inputs_digest") != digest:
+        return None
+    artifacts = [Artifact(**a) for a in meta.get("artifacts", [])]
+    for art in artifacts:
+        path = job_dir / art.path
+        if not path.is_file() or path.stat().st_size != art.size:
+            return None
+    return artifacts
+
+
+def prepare(ctx: BuildContext, job: Job) -> tuple[dict[str, Any], str, BuildResult | None]:
+    """Write job.yml and work out the input digest; a BuildResult when nothing needs building."""
+    job_dir = paths(ctx, job)["job_dir"]
+    job_dir.mkdir(parents=True, exist_ok=True)
+    kas_text = render(ctx.catalog, job)
+    (job_dir / "job.yml").write_text(kas_text, encoding="utf-8")
+    inputs = inputs_of(ctx, job, kas_text)
+    digest = digest_of(inputs)
+    if not ctx.force:
+        artifacts = up_to_date(job_dir, digest)
+        if artifacts is not None:
+            return inputs, digest, BuildResult(job, UP_TO_DATE, job_dir, 0.0, digest, artifacts)
+    return inputs, digest, None
+
+
+def job_metadata(ctx: BuildContext, job: Job, inputs: dict[str, Any], digest: str) -> dict[str, Any]:
+    facts = job_facts(ctx.catalog, job)
+    return {
+        "schema": METADATA_SCHEMA,
+        "job": {
+            "id": job.id,
+            "distro": job.distro,
+            "release": job.release,
+            "board": job.board,
+            "kernel": job.kernel,
+            "options": list(job.options),
+            "machine": facts.machine,
+            "bitbake_distro": facts.distro,
+            "target": facts.target,
+            "image": facts.image,
+        },
+        "inputs": inputs,
+        "inputs_digest": digest,
+        "runtime": ctx.engine(),
+        "host": {"hostname": socket.gethostname(), "kernel": platform.release(), "cpus": os.cpu_count()},
+        "files": {"kas_file": "job.yml", "lock": "kas.lock.yml", "log": "build.log", "reproducer": "reproducer.sh"},
+        "status": "running",
+        "started": now(),
+        "finished": None,
+        "duration_s": None,
+        "exit_code": None,
+        "error": None,
+        "source_date_epoch": None,
+        "artifacts": [],
+    }
+
+
+Progress = Callable[[str, int, int], None]  # job id, task done, tasks total
+
+
+def run_build(
+    ctx: BuildContext,
+    job: Job,
+    inputs: dict[str, Any],
+    digest: str,
+    on_start: Callable[[Handle], None],
+    progress: Progress,
+) -> BuildResult:
+    """Build one job whose folder `prepare` made; never raises for a failed build, only for infrastructure."""
+    p = paths(ctx, job)
+    job_dir = p["job_dir"]
+    for key in ("KAS_WORK_DIR", "KAS_BUILD_DIR", "DL_DIR", "SSTATE_DIR", "KAS_REPO_REF_DIR"):
+        p[key].mkdir(parents=True, exist_ok=True)
+    (job_dir / "run.sh").write_text(run_script(ctx, job), encoding="utf-8")
+    spec = RunSpec(
+        argv=["sh", str(job_dir / "run.sh")],
+        workdir=job_dir,
+        env=build_env(ctx, job),
+        mounts=(job_dir, ctx.cache_dir, *ctx.mirrors),
+        image=ctx.image_for(job),
+        privileged=ctx.catalog.distros[job.distro].build_system == "isar",
+        name=f"cipbuild-{ctx.session}-{job.id}",
+        labels={f"{LABEL}.session": ctx.session, f"{LABEL}.job": job.id},
+    )
+    (job_dir / "reproducer.sh").write_text(reproducer(ctx, job, spec), encoding="utf-8")
+    os.chmod(job_dir / "reproducer.sh", 0o755)
+    meta = job_metadata(ctx, job, inputs, digest)
+    write_json(job_dir / "metadata.json", meta)
+    started = time.monotonic()
+    result = BuildResult(job, FAILED, job_dir, inputs_digest=digest)
+    try:
+        handle = ctx.runtime.start(spec)
+        on_start(handle)
+        with (job_dir / "build.log").open("w", encoding="utf-8") as log:
+            for line in handle.lines():
+                log.write(line + "\n")
+                if match := TASK_LINE.search(line):
+                    progress(job.id, int(match[1]), int(match[2]))
+                elif match := EPOCH_LINE.match(line):
+                    meta["source_date_epoch"] = int(match[1])
+        code = handle.wait()
+    except InfrastructureError as exc:
+        result.status, result.error = INFRA, str(exc)
+        code = None
+    result.exit_code = code
+    if code == 0:
+        deploy = p["KAS_BUILD_DIR"] / "tmp" / "deploy" / "images" / job_facts(ctx.catalog, job).machine
+        artifacts, problems = collect(ctx.catalog, job, deploy, job_dir)
+        result.artifacts = artifacts
+        if problems:
+            result.error = "; ".join(problems)
+        else:
+            result.status = SUCCESS
+    elif code == 130:
+        result.status, result.error = INTERRUPTED, "interrupted"
+    elif code is not None:
+        result.error = f"kas exited with {code}; see {job_dir / 'build.log'}"
+    result.duration = time.monotonic() - started
+    finish(job_dir, meta, result)
+    return result
+
+
+def finish(job_dir: Path, meta: dict[str, Any], result: BuildResult) -> None:
+    meta.update(
+        status=result.status,
+        finished=now(),
+        duration_s=round(result.duration, 3),
+        exit_code=result.exit_code,
+        error=result.error or None,
+        artifacts=[a.to_json() for a in result.artifacts],
+    )
+    write_json(job_dir / "metadata.json", meta)
+
+
+def mark_interrupted(job_dir: Path) -> None:
+    """A job that never finished: its metadata must not claim it is running."""
+    meta = read_json(job_dir / "metadata.json")
+    if meta and meta.get("status") == "running":
+        meta.update(status=INTERRUPTED, finished=now(), error="interrupted")
+        write_json(job_dir / "metadata.json", meta)

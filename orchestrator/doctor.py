@@ -1,0 +1,130 @@
+"""Check the host for what builds need, naming each missing prerequisite and how to fix it."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .catalog import Catalog
+from .errors import CipbuildError
+from .runtime import RunSpec, Runtime, pick_runtime
+
+OK, WARN, FAIL = "ok", "warn", "fail"
+QEMU_FOR_ARCH = {"arm64": "qemu-aarch64", "armhf": "qemu-arm", "riscv64": "qemu-riscv64", "i386": "qemu-i386"}
+MIN_FREE_GIB = 50
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: str
+    detail: str
+    fix: str = ""
+
+
+def check_host(
+    catalog: Catalog,
+    runtime_name: str,
+    cache_dir: Path,
+    images: dict[str, str],
+    binfmt_dir: Path = Path("/proc/sys/fs/binfmt_misc"),
+) -> list[Check]:
+    checks: list[Check] = []
+    runtime: Runtime | None = None
+    try:
+        runtime = pick_runtime(runtime_name)
+        facts = runtime.check()
+        checks.append(Check("container engine", OK, f"{facts.get('engine')} {facts.get('version')}"))
+    except CipbuildError as exc:
+        checks.append(
+            Check(
+                "container engine",
+                FAIL,
+                str(exc),
+                "start dockerd (or install podman) and set DOCKER_HOST if it listens elsewhere",
+            )
+        )
+    try:
+        checks.append(Check("kas on this host", OK, importlib.metadata.version("kas")))
+    except importlib.metadata.PackageNotFoundError:
+        checks.append(Check("kas on this host", FAIL, "not installed", "pip install kas"))
+    if runtime is not None:
+        checks.extend(_image_checks(runtime, images))
+    archs = sorted({b.arch for b in catalog.boards.values()} & set(QEMU_FOR_ARCH))
+    for arch in archs:
+        entry = binfmt_dir / QEMU_FOR_ARCH[arch]
+        if entry.exists():
+            checks.append(Check(f"binfmt {arch}", OK, str(entry)))
+        else:
+            checks.append(
+                Check(
+                    f"binfmt {arch}",
+                    WARN,
+                    f"{entry} missing: isar images for {arch} cannot be built",
+                    "apt-get install qemu-user-static binfmt-support",
+                )
+            )
+    probe = cache_dir if cache_dir.exists() else next((p for p in cache_dir.parents if p.exists()), Path("/"))
+    free = shutil.disk_usage(probe).free / 2**30
+    checks.append(
+        Check(
+            "cache disk space",
+            OK if free >= MIN_FREE_GIB else WARN,
+            f"{free:.0f} GiB free at {probe}",
+            "" if free >= MIN_FREE_GIB else f"an isar build needs about {MIN_FREE_GIB} GiB; use --cache",
+        )
+    )
+    return checks
+
+
+def _image_checks(runtime: Runtime, images: dict[str, str]) -> list[Check]:
+    out = []
+    for system, image in sorted(images.items()):
+        try:
+            digest = runtime.image_digest(image)
+        except CipbuildError as exc:
+            out.append(
+                Check(
+                    f"builder image ({system})",
+                    FAIL,
+                    str(exc),
+                    f"cipbuild image build --profile {system} --tag {image}",
+                )
+            )
+            continue
+        out.append(Check(f"builder image ({system})", OK, f"{image} {digest[:19]}"))
+        if system == "isar" and runtime.name != "native":
+            out.append(_privileged(runtime, image))
+    return out
+
+
+def _privileged(runtime: Runtime, image: str) -> Check:
+    """Isar needs a privileged container: try one."""
+    spec = RunSpec(
+        argv=["sh", "-c", "mount -t tmpfs none /mnt && echo mounted"],
+        workdir=Path("/"),
+        env={},
+        image=image,
+        privileged=True,
+        name="",
+    )
+    try:
+        handle = runtime.start(spec)
+        output = list(handle.lines())
+        code = handle.wait()
+    except CipbuildError as exc:
+        return Check("privileged containers", FAIL, str(exc), "isar builds need privileged containers")
+    if code == 0 and "mounted" in output:
+        return Check("privileged containers", OK, "mount works inside")
+    return Check(
+        "privileged containers",
+        FAIL,
+        f"mount failed: {' '.join(output)[-200:]}",
+        "allow privileged containers (rootful engine)",
+    )
+
+
+def to_json(checks: list[Check]) -> list[dict[str, str]]:
+    return [asdict(c) for c in checks]

@@ -1,0 +1,96 @@
+"""Progress of many builds: a live table on a terminal, timestamped plain lines in CI."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from datetime import datetime
+from types import TracebackType
+from typing import Any
+
+DONE_STATES = {"success", "failed", "interrupted", "infra-error", "up-to-date", "skipped"}
+
+
+class BuildProgress:
+    """Receives scheduler events; use as a context manager around the build."""
+
+    def __init__(self, job_ids: list[str], *, live: bool | None = None, stream: Any = None):
+        self.stream = stream or sys.stderr
+        self.live = self.stream.isatty() if live is None else live
+        self.state = {j: "pending" for j in job_ids}
+        self.detail = {j: "" for j in job_ids}
+        self.started: dict[str, float] = {}
+        self.ended: dict[str, float] = {}
+        self.tasks: dict[str, tuple[int, int]] = {}
+        self.lock = threading.Lock()
+        self._live: Any = None
+
+    def __enter__(self) -> BuildProgress:
+        if self.live:
+            from rich.console import Console
+            from rich.live import Live
+
+            self._live = Live(
+                self._table(), console=Console(file=self.stream), refresh_per_second=4, get_renderable=self._table
+            )
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if self._live is not None:
+            self._live.__exit__(kind, exc, tb)
+
+    def event(self, job_id: str, state: str, detail: str) -> None:
+        with self.lock:
+            self.state[job_id] = state
+            self.detail[job_id] = detail
+            if state == "building":
+                self.started.setdefault(job_id, time.monotonic())
+            if state in DONE_STATES:
+                self.ended[job_id] = time.monotonic()
+        if not self.live and state not in ("checking",):
+            self._line(f"{job_id}: {state}" + (f" ({detail})" if detail else ""))
+
+    def task(self, job_id: str, done: int, total: int) -> None:
+        with self.lock:
+            previous = self.tasks.get(job_id)
+            self.tasks[job_id] = (done, total)
+        # plain output: one line per tenth of the tasks, not one per task
+        if not self.live and (previous is None or done * 10 // total != previous[0] * 10 // max(previous[1], 1)):
+            self._line(f"{job_id}: task {done} of {total}")
+
+    def elapsed(self, job_id: str) -> float:
+        start = self.started.get(job_id)
+        if start is None:
+            return 0.0
+        return self.ended.get(job_id, time.monotonic()) - start
+
+    def _line(self, text: str) -> None:
+        self.stream.write(f"{datetime.now().strftime('%H:%M:%S')} {text}\n")
+        self.stream.flush()
+
+    def _table(self) -> Any:
+        from rich.table import Table
+
+        table = Table(box=None, header_style="bold")
+        for col in ("job", "state", "elapsed", "bitbake"):
+            table.add_column(col)
+        with self.lock:
+            for job_id, state in self.state.items():
+                done, total = self.tasks.get(job_id, (0, 0))
+                style = {
+                    "success": "green",
+                    "up-to-date": "green",
+                    "failed": "red",
+                    "infra-error": "red",
+                    "interrupted": "yellow",
+                    "building": "cyan",
+                }.get(state, "")
+                table.add_row(
+                    job_id,
+                    f"[{style}]{state}[/]" if style else state,
+                    f"{self.elapsed(job_id):5.0f}s" if job_id in self.started else "",
+                    f"task {done} of {total}" if total else "",
+                )
+        return table

@@ -1,0 +1,109 @@
+"""Where a kas command runs: a container engine or the host. One small protocol, picked by name."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from ..errors import InfrastructureError, UserError
+
+LABEL = "org.cip-project.cipbuild"
+RUNTIMES = ("auto", "docker", "podman", "native")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One command to run: in ``image`` for container runtimes, on the host for native."""
+
+    argv: Sequence[str]
+    workdir: Path
+    env: dict[str, str]
+    mounts: Sequence[Path] = ()
+    image: str | None = None
+    privileged: bool = False
+    name: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+class Handle(Protocol):
+    """A started command."""
+
+    def lines(self) -> Iterator[str]:
+        """An iterable of output lines (stdout and stderr merged) until the command ends."""
+
+    def wait(self) -> int:
+        """Its exit code."""
+
+    def kill(self) -> None:
+        """Stop it now and remove what it left (container)."""
+
+
+class Runtime(Protocol):
+    name: str
+
+    def check(self) -> dict[str, str]:
+        """Facts about the engine (version...); InfrastructureError when it does not answer."""
+
+    def image_digest(self, image: str) -> str:
+        """The image's content digest; InfrastructureError when the image is not there."""
+
+    def start(self, spec: RunSpec) -> Handle: ...
+
+    def leftovers(self, session: str) -> list[str]:
+        """Containers of a cipbuild session still known to the engine (should be none)."""
+
+
+def run_to_end(handle: Handle, on_line: Callable[[str], None]) -> int:
+    for line in handle.lines():
+        on_line(line)
+    return handle.wait()
+
+
+def pick_runtime(name: str) -> Runtime:
+    """The runtime called ``name``; ``auto`` takes docker, then podman, and says what is missing."""
+    if name not in RUNTIMES:
+        from ..catalog import suggest
+
+        raise UserError(f"unknown runtime '{name}'", where="--runtime", hint=suggest(name, RUNTIMES))
+    if name == "native":
+        from .native import NativeRuntime
+
+        return NativeRuntime()
+    if name == "podman":
+        from .podman import PodmanRuntime
+
+        return PodmanRuntime()
+    from .docker import DockerRuntime
+
+    if name == "docker":
+        return DockerRuntime()
+    problems = []
+    try:
+        runtime = DockerRuntime()
+        runtime.check()
+        return runtime
+    except InfrastructureError as exc:
+        problems.append(f"docker: {exc}")
+    if shutil.which("podman"):
+        from .podman import PodmanRuntime
+
+        podman = PodmanRuntime()
+        try:
+            podman.check()
+            return podman
+        except InfrastructureError as exc:
+            problems.append(f"podman: {exc}")
+    else:
+        problems.append("podman: not installed")
+    raise InfrastructureError(
+        "no container engine answers (" + "; ".join(problems) + "); start dockerd or install podman, "
+        "set DOCKER_HOST, or use --runtime native inside a kas image"
+    )
+
+
+def host_user() -> tuple[int, int]:
+    return os.getuid(), os.getgid()

@@ -1,0 +1,160 @@
+"""The docker runtime: containers through the Docker engine's API (the docker Python SDK)."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from ..errors import InfrastructureError
+from . import LABEL, RunSpec, host_user
+
+# --privileged is refused in some sandboxes ("unable to apply caps"); this is the same power
+# less the one capability they withhold, which is enough for Isar's mounts and loop devices.
+PRIVILEGED_SUBSTITUTE: dict[str, Any] = {
+    "cap_add": ["ALL"],
+    "cap_drop": ["SYS_RESOURCE"],
+    "security_opt": ["seccomp=unconfined", "apparmor=unconfined"],
+    "device_cgroup_rules": ["a *:* rwm"],
+}
+
+
+def _engine_error(exc: Exception) -> InfrastructureError:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return InfrastructureError(f"docker engine: {text}")
+
+
+class DockerHandle:
+    def __init__(self, container: Any):
+        self.container = container
+        self._killed = threading.Event()
+
+    def lines(self) -> Iterator[str]:
+        buffer = b""
+        try:
+            for chunk in self.container.logs(stream=True, follow=True):
+                buffer += chunk
+                *complete, buffer = buffer.split(b"\n")
+                for raw in complete:
+                    yield raw.decode("utf-8", "replace").rstrip("\r")
+        except Exception:  # the container went away (killed): the output simply ends
+            if not self._killed.is_set():
+                raise
+        if buffer:
+            yield buffer.decode("utf-8", "replace")
+
+    def wait(self) -> int:
+        try:
+            code = int(self.container.wait()["StatusCode"])
+        except Exception as exc:
+            if self._killed.is_set():
+                return 130
+            raise _engine_error(exc) from None
+        self._remove()
+        return 130 if self._killed.is_set() else code
+
+    def kill(self) -> None:
+        self._killed.set()
+        with contextlib.suppress(Exception):  # already stopped
+            self.container.kill()
+        self._remove()
+
+    def _remove(self) -> None:
+        with contextlib.suppress(Exception):  # already removed
+            self.container.remove(force=True)
+
+
+class DockerRuntime:
+    name = "docker"
+
+    def __init__(self) -> None:
+        self._client: Any = None
+        self._privileged_mode: str | None = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            import docker
+
+            try:
+                self._client = docker.from_env(timeout=60)
+            except Exception as exc:
+                raise _engine_error(exc) from None
+        return self._client
+
+    def check(self) -> dict[str, str]:
+        try:
+            version = self.client.version()
+        except InfrastructureError:
+            raise
+        except Exception as exc:
+            raise _engine_error(exc) from None
+        return {
+            "engine": "docker",
+            "version": str(version.get("Version", "?")),
+            "api": str(version.get("ApiVersion", "?")),
+        }
+
+    def image_digest(self, image: str) -> str:
+        import docker.errors
+
+        try:
+            found = self.client.images.get(image)
+        except docker.errors.ImageNotFound:
+            raise InfrastructureError(
+                f"image '{image}' is not on this engine; build it with `cipbuild image build` or pull it"
+            ) from None
+        except Exception as exc:
+            raise _engine_error(exc) from None
+        digests = found.attrs.get("RepoDigests") or []
+        return str(digests[0].split("@", 1)[1] if digests else found.id)
+
+    def start(self, spec: RunSpec) -> DockerHandle:
+        uid, gid = host_user()
+        kwargs: dict[str, Any] = {
+            "command": list(spec.argv),
+            "environment": {**spec.env, "CIPBUILD_UID": str(uid), "CIPBUILD_GID": str(gid)},
+            "volumes": {str(p): {"bind": str(p), "mode": "rw"} for p in spec.mounts},
+            "working_dir": str(spec.workdir),
+            "labels": {LABEL: "1", **spec.labels},
+            "name": spec.name or None,
+            "detach": True,
+            "tty": False,
+        }
+        try:
+            if not spec.privileged:
+                return DockerHandle(self.client.containers.run(spec.image, **kwargs))
+            return DockerHandle(self._run_privileged(spec.image, kwargs))
+        except InfrastructureError:
+            raise
+        except Exception as exc:
+            raise _engine_error(exc) from None
+
+    def _run_privileged(self, image: str | None, kwargs: dict[str, Any]) -> Any:
+        import docker.errors
+
+        if self._privileged_mode != "substitute":
+            try:
+                container = self.client.containers.run(image, privileged=True, **kwargs)
+                self._privileged_mode = "full"
+                return container
+            except docker.errors.APIError as exc:
+                if "apply caps" not in str(exc) and "operation not permitted" not in str(exc).lower():
+                    raise
+                self._remove_named(kwargs.get("name"))
+                self._privileged_mode = "substitute"
+        return self.client.containers.run(image, **PRIVILEGED_SUBSTITUTE, **kwargs)
+
+    def _remove_named(self, name: str | None) -> None:
+        if not name:
+            return
+        with contextlib.suppress(Exception):  # never created
+            self.client.containers.get(name).remove(force=True)
+
+    def leftovers(self, session: str) -> list[str]:
+        try:
+            found = self.client.containers.list(all=True, filters={"label": f"{LABEL}.session={session}"})
+        except Exception as exc:
+            raise _engine_error(exc) from None
+        return [c.name for c in found]

@@ -1,0 +1,69 @@
+"""The native runtime: kas runs on this host (CI jobs that already run inside a kas image)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import signal
+import subprocess
+from collections.abc import Iterator
+
+from ..errors import InfrastructureError
+from . import RunSpec
+
+
+class NativeHandle:
+    def __init__(self, proc: subprocess.Popen[str]):
+        self.proc = proc
+        self.killed = False
+
+    def lines(self) -> Iterator[str]:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            yield line.rstrip("\n")
+
+    def wait(self) -> int:
+        code = self.proc.wait()
+        return 130 if self.killed else code
+
+    def kill(self) -> None:
+        self.killed = True
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)  # kas and the bitbake it started
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        except ProcessLookupError:
+            pass
+
+
+class NativeRuntime:
+    name = "native"
+
+    def check(self) -> dict[str, str]:
+        return {"engine": "native", "version": platform.release()}
+
+    def image_digest(self, image: str) -> str:
+        return "native"
+
+    def start(self, spec: RunSpec) -> NativeHandle:
+        env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "LC_ALL", "TERM", "USER", "LOGNAME")}
+        env.update(spec.env)
+        try:
+            proc = subprocess.Popen(
+                list(spec.argv),
+                cwd=spec.workdir,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                errors="replace",
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise InfrastructureError(f"cannot start {spec.argv[0]}: {exc}") from None
+        return NativeHandle(proc)
+
+    def leftovers(self, session: str) -> list[str]:
+        return []

@@ -1,0 +1,202 @@
+"""Run many jobs: N at a time, the first of each (distro, arch, release) before its siblings,
+keep-going, infrastructure retries, and a clean stop on Ctrl-C / SIGTERM (no container left)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import FrameType
+
+from .buildjob import (
+    FAILED,
+    INFRA,
+    INTERRUPTED,
+    SKIPPED,
+    SUCCESS,
+    UP_TO_DATE,
+    BuildContext,
+    BuildResult,
+    mark_interrupted,
+    paths,
+    prepare,
+    run_build,
+)
+from .errors import InfrastructureError
+from .matrix import Job
+from .runtime import Handle
+
+Event = Callable[[str, str, str], None]  # job id, state, detail
+
+
+@dataclass
+class Options:
+    jobs: int = 1
+    keep_going: bool = False
+    retries: int = 1  # infrastructure errors only
+
+
+def group_of(ctx: BuildContext, job: Job) -> tuple[str, str, str]:
+    return job.distro, ctx.catalog.boards[job.board].arch, job.release
+
+
+class Scheduler:
+    """Ctrl-C or SIGTERM during ``run`` kills every container, marks the jobs interrupted and
+    returns; ``exit_code`` then says 130."""
+
+    def __init__(self, ctx: BuildContext, opts: Options, on_event: Event, on_progress: Callable[[str, int, int], None]):
+        self.ctx = ctx
+        self.opts = opts
+        self.on_event = on_event
+        self.on_progress = on_progress
+        self.handles: dict[str, Handle] = {}
+        self.lock = threading.Lock()
+        self.cancelled = threading.Event()
+
+    def run(self, jobs: list[Job]) -> list[BuildResult]:
+        results: dict[str, BuildResult] = {}
+        pending: list[Job] = []
+        self.prepared: dict[str, tuple[dict[str, object], str]] = {}
+        for job in jobs:
+            self.on_event(job.id, "checking", "")
+            try:
+                inputs, digest, cached = prepare(self.ctx, job)
+            except InfrastructureError as exc:
+                results[job.id] = BuildResult(job, INFRA, paths(self.ctx, job)["job_dir"], error=str(exc))
+                self.on_event(job.id, INFRA, str(exc))
+                continue
+            if cached is not None:
+                results[job.id] = cached
+                self.on_event(job.id, UP_TO_DATE, "")
+            else:
+                self.prepared[job.id] = (inputs, digest)
+                pending.append(job)
+                self.on_event(job.id, "queued", "")
+        leaders: dict[tuple[str, str, str], str] = {}
+        for job in pending:
+            leaders.setdefault(group_of(self.ctx, job), job.id)
+        with _signals_as_interrupt(), ThreadPoolExecutor(max_workers=max(1, self.opts.jobs)) as pool:
+            running: dict[Future[BuildResult], Job] = {}
+            stop_new = False
+            try:
+                while pending or running:
+                    for job in self._ready(pending, running, results, leaders):
+                        if stop_new or self.cancelled.is_set():
+                            break
+                        pending.remove(job)
+                        running[pool.submit(self._build, job)] = job
+                    if not running:
+                        break
+                    done, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        job = running.pop(future)
+                        result = future.result()
+                        results[job.id] = result
+                        if result.status == FAILED and not self.opts.keep_going:
+                            stop_new = True
+            except KeyboardInterrupt:
+                self.cancel()
+                for future, job in running.items():
+                    try:
+                        results[job.id] = future.result()
+                    except Exception as exc:  # the build thread died with its container
+                        results[job.id] = BuildResult(job, INTERRUPTED, paths(self.ctx, job)["job_dir"], error=str(exc))
+                    mark_interrupted(paths(self.ctx, job)["job_dir"])
+                for job in pending:
+                    results[job.id] = BuildResult(
+                        job, INTERRUPTED, paths(self.ctx, job)["job_dir"], error="not started"
+                    )
+                    self.on_event(job.id, INTERRUPTED, "not started")
+                pending.clear()
+        for job in pending:  # left over after a failure without --keep-going
+            results[job.id] = BuildResult(
+                job,
+                SKIPPED,
+                paths(self.ctx, job)["job_dir"],
+                error="not built: an earlier job failed (use --keep-going)",
+            )
+            self.on_event(job.id, SKIPPED, "")
+        return [results[j.id] for j in jobs]
+
+    def _ready(
+        self,
+        pending: list[Job],
+        running: dict[Future[BuildResult], Job],
+        results: dict[str, BuildResult],
+        leaders: dict[tuple[str, str, str], str],
+    ) -> Iterator[Job]:
+        free = self.opts.jobs - len(running)
+        for job in list(pending):
+            if free <= 0:
+                return
+            leader = leaders[group_of(self.ctx, job)]
+            if leader != job.id and leader not in results:
+                continue  # its sibling that warms the sstate cache has not finished yet
+            free -= 1
+            yield job
+
+    def _build(self, job: Job) -> BuildResult:
+        attempts = 1 + self.opts.retries
+        result: BuildResult | None = None
+        for attempt in range(attempts):
+            if self.cancelled.is_set():
+                return BuildResult(job, INTERRUPTED, paths(self.ctx, job)["job_dir"], error="not started")
+            self.on_event(job.id, "building", "" if attempt == 0 else "retry after infrastructure error")
+            inputs, digest = self.prepared[job.id]
+            result = run_build(self.ctx, job, inputs, digest, lambda h: self._started(job, h), self.on_progress)
+            with self.lock:
+                self.handles.pop(job.id, None)
+            if result.status != INFRA:
+                break
+        assert result is not None
+        self.on_event(job.id, result.status, result.error)
+        return result
+
+    def _started(self, job: Job, handle: Handle) -> None:
+        with self.lock:
+            self.handles[job.id] = handle
+        if self.cancelled.is_set():
+            handle.kill()
+
+    def cancel(self) -> None:
+        """Stop every build now: kill their containers, let their threads record 'interrupted'."""
+        self.cancelled.set()
+        with self.lock:
+            handles = list(self.handles.values())
+        for handle in handles:
+            handle.kill()
+
+
+@contextmanager
+def _signals_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a CI runner cancelling the job) stops builds the way Ctrl-C does."""
+
+    def raise_interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def exit_code(results: list[BuildResult]) -> int:
+    """0 all built, 4 infrastructure failure, 3 a build failed, 130 interrupted."""
+    states = {r.status for r in results}
+    if INTERRUPTED in states:
+        return 130
+    if INFRA in states:
+        return 4
+    if states - {SUCCESS, UP_TO_DATE}:
+        return 3
+    return 0
+
+
+__all__ = ["FAILED", "Options", "Scheduler", "exit_code"]
