@@ -5,12 +5,14 @@ Every problem becomes one ConfigError naming ``file:line``, what is wrong and wh
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import hashlib
 import os
 import pickle
-from collections.abc import Iterable, Iterator
+import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -100,6 +102,8 @@ def _data_path(data: Any, loc: Iterable[int | str]) -> tuple[str | int, ...]:
     path: list[str | int] = []
     node = data
     for part in loc:
+        if isinstance(node, dict) and isinstance(part, int):
+            continue  # an index a validator added (a single mapping taken as a one-item list)
         inside_list = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
         if inside_list or (isinstance(node, dict) and part in node):
             node = node[part]
@@ -198,7 +202,7 @@ def load_catalog(root: Path, *, cache: bool = True) -> Catalog:
     """
     if not root.is_dir():
         raise UserError(
-            f"catalogue folder {root} does not exist",
+            f"catalogue folder {root} " + ("is not a folder" if root.exists() else "does not exist"),
             where="--catalog",
             hint="point --catalog or CIPBUILD_CATALOG at a folder with boards/ options/ distros/",
         )
@@ -219,6 +223,7 @@ def load_catalog(root: Path, *, cache: bool = True) -> Catalog:
             with tmp.open("wb") as fh:
                 pickle.dump(dataclasses.replace(catalog, docs={}, _recipes=_valid_recipes(catalog)), fh)
             tmp.replace(cache_file)
+            _prune_cache(cache_file)
         except OSError:
             pass
     return catalog
@@ -236,18 +241,30 @@ def _valid_recipes(catalog: Catalog) -> dict[str, RecipeFile]:
 
 
 def _cache_file(root: Path) -> Path | None:
+    """The cache entry for ``root``: keyed by the contents of every catalogue file and of
+    cipbuild's own code, so no edit, however small, is served stale."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    digest = hashlib.sha256(f"{__version__}\0{root.resolve()}".encode())
+    digest = hashlib.sha256(f"{__version__}\0{sys.version}\0{root.resolve()}".encode())
+    code = sorted(Path(__file__).parent.glob("*.py"))
     try:
         for part in CATALOG_PARTS:
             folder = root / part
             if folder.is_dir():
-                for path in sorted(folder.rglob("*")):
-                    st = path.stat()
-                    digest.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+                for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+                    digest.update(f"{path.relative_to(root)}\0".encode() + path.read_bytes())
+        for path in code:
+            digest.update(path.read_bytes())
     except OSError:
         return None
     return Path(base) / "cipbuild" / f"catalog-{digest.hexdigest()[:32]}.pickle"
+
+
+def _prune_cache(keep: Path, entries: int = 8) -> None:
+    """Leave the newest few cache files (several catalogues may be in use)."""
+    others = sorted(keep.parent.glob("catalog-*.pickle"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in others[entries:]:
+        with contextlib.suppress(OSError):
+            old.unlink()
 
 
 def _load_catalog(root: Path) -> Catalog:
@@ -354,6 +371,11 @@ def check_catalog(catalog: Catalog) -> None:
                     f"'{entry}' in order is neither board/release/kernel nor an option of {name}",
                     suggest(entry, known_order),
                 )
+        for i, entry in enumerate(distro.order):
+            if entry in distro.order[:i]:
+                raise doc.error(
+                    ("order", i), f"'{entry}' appears twice in order", "list every option of the distro once"
+                )
         missing = sorted(known_order - set(distro.order))
         if missing:
             raise doc.error(
@@ -422,6 +444,8 @@ def _check_fragments(
                     f"repository '{frag.repo}' is not one this distro uses",
                     f"one of: {', '.join(repos)}",
                 )
+        elif not frag.startswith("kas/") or ".." in Path(frag).parts:
+            raise doc.error((*loc, i), f"local kas fragment '{frag}' must be a path under kas/")
         elif not (catalog.root / frag).is_file():
             raise doc.error(
                 (*loc, i),
@@ -477,6 +501,8 @@ def check_recipe(catalog: Catalog, doc: YamlDoc, recipe: RecipeFile) -> None:
         for i, opts in enumerate(m.options or []):
             check((*at, "options", i), "option", opts, catalog.options)
     for i, spec in enumerate(recipe.include):
+        if spec.board is None:
+            raise doc.error(("include", i), "an include entry needs a board", "add board: <name>")
         for key, known in (
             ("distro", catalog.distros),
             ("board", catalog.boards),
@@ -504,7 +530,3 @@ def derived_rule_ids(catalog: Catalog) -> set[str]:
             ids.update(f"{name}-requires-{o}" for o in odistro.requires)
             ids.update(f"{name}-conflicts-{o}" for o in odistro.conflicts)
     return ids
-
-
-def iter_docs(catalog: Catalog) -> Iterator[YamlDoc]:
-    yield from catalog.docs.values()

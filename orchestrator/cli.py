@@ -286,8 +286,11 @@ def kas_cmd(
     text = render(cat, resolve_job(cat, job_id))
     if output is None:
         sys.stdout.write(text)
-    else:
+        return
+    try:
         output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"cannot write {output}: {exc.strerror}", where="--output") from None
 
 
 @app.command()
@@ -297,7 +300,11 @@ def schema(
     """Write the JSON Schema of each catalogue file kind, for editor completion and validation."""
     from .schemas import write_schemas
 
-    for path in write_schemas(out):
+    try:
+        written = write_schemas(out)
+    except OSError as exc:
+        raise UserError(f"cannot write schemas to {out}: {exc.strerror}", where="--out") from None
+    for path in written:
         typer.echo(str(path))
 
 

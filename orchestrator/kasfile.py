@@ -109,6 +109,8 @@ def render(catalog: Catalog, job: Job) -> str:
     ]
     if tags:
         head.append(f"# Upstream: {', '.join(tags)}")
+    for rule, reason in job.waived:
+        head.append(f"# Builds although rule {rule} excludes it: {' '.join(reason.split())}")
     body = yaml.safe_dump(kas_config(catalog, job), sort_keys=False, default_flow_style=False, width=100)
     return "\n".join(head) + "\n" + body
 

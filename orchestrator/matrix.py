@@ -6,7 +6,9 @@ Pure functions over the catalogue. Option sets are bit masks so that the full ca
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -20,6 +22,7 @@ NO_BOARD = "board-not-in-distro"
 NO_RELEASE = "release-not-in-distro"
 NO_KERNEL = "kernel-not-in-distro"
 NO_OPTION = "option-not-in-distro"
+SHAPE = {NO_BOARD, NO_RELEASE, NO_KERNEL, NO_OPTION}
 RECIPE_EXCLUDE = "recipe-exclude"
 
 
@@ -255,7 +258,7 @@ class _DistroIndex:
             return found
         closure = self.closure(mask)
         reasons: list[str] = []
-        for o in self.names(mask):
+        for o in self.names(closure):
             missing = self.requires[o] & ~closure
             if missing:
                 reasons.extend(f"{o}-requires-{r}" for r in self.names(missing))
@@ -330,7 +333,7 @@ class Expander:
         recipe = self.catalog.recipe(name)
         plan = self.expand_specs(f"recipe {name}", self._recipe_candidates(recipe), recipe)
         where = str(self.catalog.recipe_files[name])
-        used = {(w, j.id) for j in plan.jobs for w, _ in j.waived}
+        used = {(w, j.id) for j in [*plan.jobs, *(e.job for e in plan.excluded)] for w, _ in j.waived}
         for i, waiver in enumerate(recipe.waive):
             for job_id in waiver.jobs:
                 if (waiver.rule, job_id) not in used:
@@ -360,7 +363,7 @@ class Expander:
             dfile = self.catalog.distros[distro]
             release = spec.release or d.release or dfile.default_release
             if spec.board is None:
-                raise UserError("an include entry needs a board", where=str(recipe))
+                continue  # check_recipe refuses it with file and line
             yield distro, release, spec.board, spec.kernel or d.kernel, tuple(spec.options)
 
     def expand_specs(
@@ -374,19 +377,13 @@ class Expander:
         for distro, release, board, kernel, options in specs:
             candidates += 1
             job, reasons = self._judge(distro, release, board, kernel, options)
-            if recipe and not reasons:
+            if reasons and waivers:
+                job, reasons = _apply_waivers(job, reasons, waivers)
+            if recipe and not set(reasons) & SHAPE:
                 for i, exc in enumerate(recipe.exclude):
                     if self._excludes(exc, job, exc.distro):
-                        reasons = (f"{RECIPE_EXCLUDE}[{i}]",)
+                        reasons = (*reasons, f"{RECIPE_EXCLUDE}[{i}]")
                         break
-            if reasons and waivers:
-                kept = tuple(r for r in reasons if (r, job.id) not in waivers)
-                applied = tuple((r, waivers[(r, job.id)]) for r in reasons if (r, job.id) in waivers)
-                if applied:
-                    job = Job(
-                        job.distro, job.release, job.board, job.kernel, job.options, job.kernel_is_default, applied
-                    )
-                reasons = kept
             if reasons:
                 excluded.setdefault(job.id, Excluded(job, reasons))
             else:
@@ -407,13 +404,20 @@ class Expander:
         unknown_opts = [o for o in options if o not in ix.bit]
         mask = ix.canonical(ix.mask(o for o in options if o in ix.bit))
         names = ix.names(mask) + tuple(unknown_opts)
-        job = Job(distro, release, board, kernel, names, rel is not None and kernel == rel.default_kernel)
+        job = Job(
+            distro,
+            release,
+            board,
+            kernel,
+            names,
+            kernel == "default" or (rel is not None and kernel == rel.default_kernel),
+        )
         shape: list[str] = []
         if distro not in bfile.distros:
             shape.append(NO_BOARD)
         if rel is None:
             shape.append(NO_RELEASE)
-        if kernel not in dfile.kernels:
+        if kernel != "default" and kernel not in dfile.kernels:
             shape.append(NO_KERNEL)
         if unknown_opts:
             shape.append(NO_OPTION)
@@ -437,6 +441,17 @@ class Expander:
         if cond.options and not set(cond.options) <= have:
             return False
         return not (cond.options_any and not set(cond.options_any) & have)
+
+
+def _apply_waivers(
+    job: Job, reasons: tuple[str, ...], waivers: dict[tuple[str, str], str]
+) -> tuple[Job, tuple[str, ...]]:
+    """Drop the reasons a waiver names for this job, and record the waivers on it."""
+    applied = tuple((r, waivers[(r, job.id)]) for r in reasons if (r, job.id) in waivers)
+    if not applied:
+        return job, reasons
+    kept = tuple(r for r in reasons if (r, job.id) not in waivers)
+    return dataclasses.replace(job, waived=applied), kept
 
 
 def rule_summaries(catalog: Catalog) -> dict[str, str]:
@@ -485,9 +500,17 @@ def select(plan: Plan, sel: Selection, catalog: Catalog) -> Plan:
             and (not sel.boards or job.board in sel.boards)
             and (not sel.releases or job.release in sel.releases)
             and (not sel.kernels or job.kernel in sel.kernels)
-            and (not sel.options or set(sel.options) <= set(job.options))
+            and (not sel.options or set(sel.options) <= has_options(job))
             and (not sel.job_ids or job.id in sel.job_ids)
         )
+
+    expander = plan._expander or Expander(catalog)
+
+    def has_options(job: Job) -> set[str]:
+        try:
+            return set(expander.closure_names(job))
+        except KeyError:  # an option the distro lacks: only its own names
+            return set(job.options)
 
     jobs = [j for j in plan.jobs if keep(j)]
     excluded = [e for e in plan.iter_excluded() if keep(e.job)]
@@ -501,7 +524,7 @@ def select(plan: Plan, sel: Selection, catalog: Catalog) -> Plan:
                     where="JOB_ID",
                 )
             raise UserError(f"no job '{job_id}' in {plan.source}", where="JOB_ID", hint=hint)
-    return Plan(plan.source, jobs, plan.candidates, excluded, _expander=plan._expander)
+    return Plan(plan.source, jobs, len(jobs) + len(excluded), excluded, _expander=plan._expander)
 
 
 def validate_selection(sel: Selection, catalog: Catalog) -> None:
@@ -548,11 +571,17 @@ def make_plan(catalog: Catalog, *, recipe: str | None, everything: bool, sel: Se
                 hint=f"see `cipbuild plan -r {recipe}`",
             )
         return plan
-    plan = expander.expand_specs(
-        "the command line",
-        adhoc_specs(catalog, sel.__class__(sel.distros, sel.boards, sel.releases, sel.kernels, sel.options)),
-    )
-    plan = select(plan, Selection(job_ids=sel.job_ids), catalog) if sel.job_ids else plan
+    if sel.job_ids:
+        named = list({job.id: job for job in (resolve_job(catalog, i) for i in sel.job_ids)}.values())
+        plan = select(
+            Plan("the command line", named, len(named), _expander=expander),
+            dataclasses.replace(sel, job_ids=()),
+            catalog,
+        )
+        if not plan.jobs:
+            raise UserError(f"none of the named jobs matches {sel.describe()}", where="JOB_ID")
+        return plan
+    plan = expander.expand_specs("the command line", adhoc_specs(catalog, sel))
     if not plan.jobs:
         first = plan.excluded[0] if plan.excluded else None
         if first:
@@ -594,6 +623,11 @@ def parse_job_id(catalog: Catalog, job_id: str) -> tuple[str, str, str, str, tup
         raise bad
     board, rest = found
     kernel = "default"
+    asked = re.match(r"k(\d+(?:\.\d+)*)(?:-|$)", rest)
+    if asked and asked[1] not in dfile.kernels:
+        raise UserError(
+            f"'{job_id}': unknown kernel {asked[1]} for {distro}", where="JOB_ID", hint=suggest(asked[1], dfile.kernels)
+        )
     found = take(rest, (f"k{k}" for k in dfile.kernels))
     if found:
         kernel, rest = found[0][1:], found[1]
@@ -620,12 +654,28 @@ def _split_options(rest: str, names: list[str], *, ordered: bool) -> list[str] |
 
 
 def resolve_job(catalog: Catalog, job_id: str) -> Job:
-    """The Job an id names, if the catalogue's rules allow it."""
+    """The Job an id names, if the catalogue's rules allow it or a recipe waives them for it."""
     expander = Expander(catalog)
     job, reasons = expander._judge(*parse_job_id(catalog, job_id))
+    if reasons and not set(reasons) & SHAPE:
+        job, reasons = _apply_waivers(job, reasons, recipe_waivers(catalog, job.id))
     if reasons:
         why = "; ".join(f"{r}: {summary_of(catalog, r)}" for r in reasons)
         raise UserError(f"job '{job_id}' cannot be built: {why}", where="JOB_ID")
     if job.id != job_id:
         raise UserError(f"'{job_id}' is not in canonical form", where="JOB_ID", hint=f"use '{job.id}'")
     return job
+
+
+def recipe_waivers(catalog: Catalog, job_id: str) -> dict[tuple[str, str], str]:
+    """Every recipe's waivers for one job: (rule, job id) -> 'reason (recipe name)'."""
+    found: dict[tuple[str, str], str] = {}
+    for name in catalog.recipe_files:
+        try:
+            recipe = catalog.recipe(name)
+        except UserError:
+            continue  # a broken recipe reports itself when it is used
+        for waiver in recipe.waive:
+            if job_id in waiver.jobs:
+                found[(waiver.rule, job_id)] = f"{waiver.reason} (recipe {name})"
+    return found

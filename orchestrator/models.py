@@ -229,7 +229,7 @@ class Axes(Model):
     @field_validator("distro", "board", "release", "kernel", mode="before")
     @classmethod
     def _listify(cls, value: Any) -> Any:
-        return [value] if isinstance(value, (str, int)) else value
+        return [str(value)] if isinstance(value, (str, int)) and not isinstance(value, bool) else value
 
 
 class Exclude(Condition):

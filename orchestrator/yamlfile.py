@@ -50,47 +50,87 @@ def load_yaml(path: Path, *, display: str | None = None) -> YamlDoc:
     except UnicodeDecodeError:
         raise ConfigError(shown, None, "not UTF-8 text") from None
     loader = _Loader(text)
-    lines: dict[Path_, int] = {}
     try:
         node = loader.get_single_node()
-        data = _build(node, (), lines, loader, shown) if node is not None else None
+        builder = _Builder(loader, shown)
+        data = builder.build(node, ()) if node is not None else None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
         problem = exc.problem or exc.context or "invalid YAML"
         raise ConfigError(shown, line, f"invalid YAML: {problem}") from None
+    except yaml.reader.ReaderError as exc:
+        line = text[: exc.position].count("\n") + 1
+        raise ConfigError(shown, line, f"invalid YAML: {exc.reason} (character {exc.character!r})") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(shown, None, f"invalid YAML: {exc}") from None
+        raise ConfigError(shown, None, f"invalid YAML: {' '.join(str(exc).split())}") from None
+    except RecursionError:
+        raise ConfigError(shown, None, "invalid YAML: nested too deeply") from None
     finally:
         loader.dispose()
     if node is not None:
-        lines[()] = node.start_mark.line + 1
-    return YamlDoc(shown, data, lines)
+        builder.lines[()] = node.start_mark.line + 1
+    return YamlDoc(shown, data, builder.lines)
 
 
-def _build(node: yaml.Node, loc: Path_, lines: dict[Path_, int], loader: yaml.SafeLoader, path: Path) -> Any:
-    if isinstance(node, yaml.MappingNode):
-        loader.flatten_mapping(node)
+# No catalogue file comes near this; YAML aliases could otherwise expand without bound.
+MAX_NODES = 100_000
+
+
+class _Builder:
+    """Python data from a composed YAML node tree, recording each key's line."""
+
+    def __init__(self, loader: yaml.SafeLoader, path: Path):
+        self.loader = loader
+        self.path = path
+        self.lines: dict[Path_, int] = {}
+        self.nodes = 0
+        self.open: set[int] = set()
+
+    def build(self, node: yaml.Node, loc: Path_) -> Any:
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            raise ConfigError(
+                self.path,
+                node.start_mark.line + 1,
+                "YAML expands to too much data",
+                hint="check the aliases (*name) in this file",
+            )
+        if id(node) in self.open:
+            raise ConfigError(self.path, node.start_mark.line + 1, "YAML alias refers to itself")
+        if isinstance(node, yaml.MappingNode):
+            self.open.add(id(node))
+            try:
+                return self._mapping(node, loc)
+            finally:
+                self.open.discard(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            self.open.add(id(node))
+            try:
+                items = []
+                for index, item in enumerate(node.value):
+                    self.lines[(*loc, index)] = item.start_mark.line + 1
+                    items.append(self.build(item, (*loc, index)))
+                return items
+            finally:
+                self.open.discard(id(node))
+        return _scalar(node, self.loader)
+
+    def _mapping(self, node: yaml.MappingNode, loc: Path_) -> dict[str, Any]:
+        self.loader.flatten_mapping(node)
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
             line = key_node.start_mark.line + 1
-            key = _scalar(key_node, loader)
+            key = _scalar(key_node, self.loader) if isinstance(key_node, yaml.ScalarNode) else None
             if isinstance(key, int) and not isinstance(key, bool):
                 key = str(key)
             if not isinstance(key, str):
-                raise ConfigError(path, line, f"mapping key {key!r} must be a string")
+                raise ConfigError(self.path, line, f"mapping key {key!r} must be a string")
             if key in out:
-                raise ConfigError(path, line, f"duplicate key '{key}'", hint="each key may appear once")
-            lines[(*loc, key)] = line
-            out[key] = _build(value_node, (*loc, key), lines, loader, path)
+                raise ConfigError(self.path, line, f"duplicate key '{key}'", hint="each key may appear once")
+            self.lines[(*loc, key)] = line
+            out[key] = self.build(value_node, (*loc, key))
         return out
-    if isinstance(node, yaml.SequenceNode):
-        items = []
-        for index, item in enumerate(node.value):
-            lines[(*loc, index)] = item.start_mark.line + 1
-            items.append(_build(item, (*loc, index), lines, loader, path))
-        return items
-    return _scalar(node, loader)
 
 
 def _scalar(node: yaml.Node, loader: yaml.SafeLoader) -> Any:

@@ -220,3 +220,53 @@ def test_random_catalogue_edits_never_crash(
         text = str(exc)
         assert "\n" not in text.strip() or isinstance(exc, ConfigError)
         assert text
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("matrix: &a [*a]\n", "YAML alias refers to itself"),
+        (
+            "".join(
+                f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10) if i else 'x, x, x, x, x, x, x, x, x, x'}]\n"
+                for i in range(9)
+            ),
+            "YAML expands to too much data",
+        ),
+        ("description: x\x01\n", "control characters are not allowed"),
+    ],
+)
+def test_hostile_yaml_is_one_clean_error(catalog_copy: Path, text: str, message: str) -> None:
+    recipe = catalog_copy / "recipes" / "bad.yml"
+    recipe.write_text(text)
+    msg = error_of(catalog_copy, "bad")
+    assert msg.startswith(f"{recipe}:") and message in msg and "\n" not in msg
+
+
+def test_duplicate_order_entry_is_refused(catalog_copy: Path) -> None:
+    distro = catalog_copy / "distros" / "isar.yml"
+    edit(distro, "order: [board, kernel, rt,", "order: [board, kernel, rt, rt,")
+    assert "'rt' appears twice in order" in error_of(catalog_copy)
+
+
+def test_include_without_board_names_its_line(catalog_copy: Path) -> None:
+    recipe = catalog_copy / "recipes" / "nob.yml"
+    recipe.write_text("description: x\ninclude:\n  - {release: bookworm}\n")
+    assert error_of(catalog_copy, "nob") == f"{recipe}:3: an include entry needs a board (add board: <name>)"
+
+
+def test_typo_in_single_matrix_form_is_named(catalog_copy: Path) -> None:
+    recipe = catalog_copy / "recipes" / "typo.yml"
+    recipe.write_text("description: x\nmatrix: {boards: [bbb]}\n")
+    assert error_of(catalog_copy, "typo") == f"{recipe}:2: unknown key 'boards' (did you mean 'board'?)"
+
+
+def test_cache_never_serves_an_edited_catalogue(catalog_copy: Path) -> None:
+    import os
+
+    board = catalog_copy / "boards" / "bbb.yml"
+    assert load_catalog(catalog_copy).boards["bbb"].description.startswith("BeagleBone Black")
+    stat = board.stat()
+    edit(board, "BeagleBone Black", "BeagleBone Green")  # same size ...
+    os.utime(board, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # ... and same mtime
+    assert load_catalog(catalog_copy).boards["bbb"].description.startswith("BeagleBone Green")

@@ -103,3 +103,15 @@ def test_broken_catalogue_names_file_and_line(cli: Cli, catalog_copy: Path) -> N
     line = one_line_error(cli("--catalog", str(catalog_copy), "boards"))
     assert line.startswith(f"cipbuild: error: {board}:") and "invalid YAML" in line
     assert "does not exist" in one_line_error(cli("--catalog", str(catalog_copy / "nope"), "plan"))
+
+
+def test_unwritable_output_is_a_user_error(cli: Cli) -> None:
+    assert "cannot write /nonexistent/dir/x.yml" in one_line_error(
+        cli("kas", "isar-bookworm-qemu-amd64", "-O", "/nonexistent/dir/x.yml")
+    )
+
+
+def test_kas_of_a_waived_job_says_why_it_builds(cli: Cli) -> None:
+    res = cli("kas", "isar-bookworm-qemu-arm64-security-targz-separate-home-iec-testing")
+    assert res.code == 0
+    assert "# Builds although rule targz-swupdate excludes it" in res.out

@@ -41,9 +41,12 @@ def test_waiver_lets_only_the_named_jobs_through(catalog: Catalog) -> None:
         f"isar-bookworm-{b}-security-targz-separate-home-iec-testing" for b in ("qemu-amd64", "qemu-arm64", "qemu-arm")
     }
     assert all(rules[0][0] == "targz-swupdate" for rules in waived.values())
-    # without the recipe's waiver the same job is refused
+    # the id alone finds the recipe's waiver (so `cipbuild kas` works for it) ...
+    job = resolve_job(catalog, "isar-bookworm-qemu-amd64-security-targz-separate-home-iec-testing")
+    assert job.waived[0][0] == "targz-swupdate" and "(recipe cip-core-ci)" in job.waived[0][1]
+    # ... and a job no recipe waives stays refused
     with pytest.raises(UserError, match="targz-swupdate"):
-        resolve_job(catalog, "isar-bookworm-qemu-amd64-security-targz-separate-home-iec-testing")
+        resolve_job(catalog, "isar-bookworm-qemu-amd64-security-targz")
 
 
 def test_stale_waiver_is_an_error(catalog_copy: Path) -> None:
@@ -156,3 +159,35 @@ def test_empty_recipe_is_a_user_error(catalog_copy: Path) -> None:
     )
     with pytest.raises(UserError, match=r"recipes/empty.yml: recipe 'empty' expands to no job.*security-boards"):
         Expander(load_catalog(catalog_copy)).expand_recipe("empty")
+
+
+def test_recipe_exclude_beats_a_waiver(catalog_copy: Path) -> None:
+    recipe = catalog_copy / "recipes" / "cip-core-ci.yml"
+    recipe.write_text(recipe.read_text() + "exclude:\n  - {board: qemu-arm}\n")
+    plan = Expander(load_catalog(catalog_copy)).expand_recipe("cip-core-ci")
+    waived = "isar-bookworm-qemu-arm-security-targz-separate-home-iec-testing"
+    assert waived not in {j.id for j in plan.jobs}
+    assert {e.job.id: e.rules for e in plan.excluded}[waived] == ("recipe-exclude[0]",)
+    assert len(plan.jobs) == 26 - 3
+
+
+def test_option_filter_sees_implied_options(catalog: Catalog) -> None:
+    plan = make_plan(catalog, recipe="cip-core-ci", everything=False, sel=Selection(options=("swupdate",)))
+    ids = {j.id for j in plan.jobs}
+    assert "isar-bookworm-qemu-amd64-swupdate" in ids
+    assert "isar-bookworm-x86-uefi-security-separate-home-no-watchdog-iec-testing" in ids
+    assert len(ids) == 7
+    assert plan.candidates == len(plan.jobs) + plan.excluded_count()
+
+
+def test_unknown_kernel_in_an_id_is_named(catalog: Catalog) -> None:
+    with pytest.raises(UserError, match="unknown kernel 9.9 for isar"):
+        resolve_job(catalog, "isar-bookworm-qemu-amd64-k9.9")
+
+
+def test_requires_of_implied_options_are_checked(catalog_copy: Path) -> None:
+    option = catalog_copy / "options" / "security.yml"
+    edit_text = option.read_text().replace("implies: [swupdate, secure-boot, encrypt]", "implies: [encrypt]")
+    option.write_text(edit_text)
+    with pytest.raises(UserError, match="encrypt-requires-swupdate"):
+        resolve_job(load_catalog(catalog_copy), "isar-bookworm-qemu-amd64-security")

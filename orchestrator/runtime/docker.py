@@ -71,6 +71,7 @@ class DockerRuntime:
     def __init__(self) -> None:
         self._client: Any = None
         self._privileged_mode: str | None = None
+        self._probe = threading.Lock()
 
     @property
     def client(self) -> Any:
@@ -134,16 +135,19 @@ class DockerRuntime:
     def _run_privileged(self, image: str | None, kwargs: dict[str, Any]) -> Any:
         import docker.errors
 
-        if self._privileged_mode != "substitute":
-            try:
-                container = self.client.containers.run(image, privileged=True, **kwargs)
-                self._privileged_mode = "full"
-                return container
-            except docker.errors.APIError as exc:
-                if "apply caps" not in str(exc) and "operation not permitted" not in str(exc).lower():
-                    raise
-                self._remove_named(kwargs.get("name"))
-                self._privileged_mode = "substitute"
+        with self._probe:  # the first privileged start finds out which mode works, once
+            if self._privileged_mode is None:
+                try:
+                    container = self.client.containers.run(image, privileged=True, **kwargs)
+                    self._privileged_mode = "full"
+                    return container
+                except docker.errors.APIError as exc:
+                    if "apply caps" not in str(exc) and "operation not permitted" not in str(exc).lower():
+                        raise
+                    self._remove_named(kwargs.get("name"))
+                    self._privileged_mode = "substitute"
+        if self._privileged_mode == "full":
+            return self.client.containers.run(image, privileged=True, **kwargs)
         return self.client.containers.run(image, **PRIVILEGED_SUBSTITUTE, **kwargs)
 
     def _remove_named(self, name: str | None) -> None:

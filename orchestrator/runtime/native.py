@@ -11,6 +11,9 @@ from collections.abc import Iterator
 from ..errors import InfrastructureError
 from . import RunSpec
 
+# Only what a shell needs comes from cipbuild's own environment (never credentials).
+HOST_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TERM", "USER", "LOGNAME")
+
 
 class NativeHandle:
     def __init__(self, proc: subprocess.Popen[str]):
@@ -48,7 +51,7 @@ class NativeRuntime:
         return "native"
 
     def start(self, spec: RunSpec) -> NativeHandle:
-        env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "LC_ALL", "TERM", "USER", "LOGNAME")}
+        env = {k: v for k, v in os.environ.items() if k in HOST_ENV}
         env.update(spec.env)
         try:
             proc = subprocess.Popen(

@@ -1,0 +1,257 @@
+"""Real builds: real kas inside real containers (docker engine, podman) and on the host, against
+fixture upstreams whose bitbake is the one accepted fake."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import signal
+import subprocess
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from buildworld import BUILDER_IMAGE, World, results
+
+pytestmark = pytest.mark.integration
+
+FOUR = [
+    "isar-bookworm-qemu-amd64",
+    "isar-bookworm-qemu-amd64-test",
+    "isar-bookworm-qemu-arm64",
+    "isar-bookworm-qemu-arm64-test",
+]
+
+
+def when(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp)
+
+
+def docker_containers(label: str, *, running: bool = False) -> list[str]:
+    every = [] if running else ["-a"]
+    out = subprocess.run(
+        ["docker", "ps", *every, "--filter", f"label={label}", "--format", "{{.Names}}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return [line for line in out.splitlines() if line]
+
+
+def test_four_jobs_two_at_a_time_leave_complete_folders(docker_engine: str, world: World) -> None:
+    proc = world.build("-r", "four", "-j", "2", "--json")
+    assert proc.returncode == 0, proc.stderr
+    got = results(proc)
+    assert sorted(got) == sorted(FOUR)
+    for job_id in FOUR:
+        folder = world.out / job_id
+        assert {"build.log", "job.yml", "kas.lock.yml", "metadata.json", "reproducer.sh", "run.sh"} <= {
+            p.name for p in folder.iterdir()
+        }
+        meta = world.metadata(job_id)
+        assert meta["status"] == "success" and meta["exit_code"] == 0
+        assert meta["inputs"]["builder_image"] == BUILDER_IMAGE
+        assert meta["inputs"]["builder_image_digest"].startswith("sha256:")
+        assert meta["runtime"]["engine"] == "docker"
+        assert meta["source_date_epoch"] > 1_600_000_000  # the pinned upstream commit's date
+        types = {a["type"] for a in meta["artifacts"]}
+        assert types == {"wic", "kernel", "initrd", "manifest", "dpkg_status"}
+        for art in meta["artifacts"]:
+            data = (folder / art["path"]).read_bytes()
+            assert hashlib.sha256(data).hexdigest() == art["sha256"] and len(data) == art["size"]
+        assert "overrides" in (folder / "kas.lock.yml").read_text()
+        assert "Running task 4 of 4" in (folder / "build.log").read_text()
+    # the -test image carries the suffix upstream's IMAGE_FULLNAME gives it
+    test_meta = world.metadata("isar-bookworm-qemu-arm64-test")
+    assert any(a["path"].endswith("qemu-arm64-test.wic") for a in test_meta["artifacts"])
+    # first of each (distro, arch, release) group first, its sibling after; the two groups in parallel
+    for arch in ("amd64", "arm64"):
+        lead, sibling = world.metadata(f"isar-bookworm-qemu-{arch}"), world.metadata(f"isar-bookworm-qemu-{arch}-test")
+        assert when(sibling["started"]) >= when(lead["finished"])
+    a, b = world.metadata("isar-bookworm-qemu-amd64"), world.metadata("isar-bookworm-qemu-arm64")
+    assert when(a["started"]) <= when(b["finished"]) and when(b["started"]) <= when(a["finished"])
+
+
+def test_rerun_builds_nothing_and_one_changed_option_rebuilds_one_job(
+    docker_engine: str, world: World, tmp_path: Path
+) -> None:
+    catalog = tmp_path / "catalog"
+    shutil.copytree(world.catalog, catalog)
+    world.catalog = catalog
+    assert world.build("-r", "four", "-j", "2").returncode == 0
+    before = {j: world.metadata(j)["finished"] for j in FOUR}
+    start = time.monotonic()
+    again = world.build("-r", "four", "-j", "2", "--json")
+    took = time.monotonic() - start
+    assert again.returncode == 0
+    assert {j: r["status"] for j, r in results(again).items()} == dict.fromkeys(FOUR, "up-to-date")
+    assert {j: world.metadata(j)["finished"] for j in FOUR} == before
+    assert took < 10, took
+    recipe = catalog / "recipes" / "four.yml"
+    recipe.write_text(recipe.read_text().replace("options: [[], [test]]", "options: [[], [test, targz]]"))
+    changed = results(world.build("-r", "four", "-j", "2", "--json"))
+    assert {j: r["status"] for j, r in changed.items()} == {
+        "isar-bookworm-qemu-amd64": "up-to-date",
+        "isar-bookworm-qemu-arm64": "up-to-date",
+        "isar-bookworm-qemu-amd64-test-targz": "success",
+        "isar-bookworm-qemu-arm64-test-targz": "success",
+    }
+    assert "tar.gz" in {a["type"] for a in world.metadata("isar-bookworm-qemu-arm64-test-targz")["artifacts"]}
+    forced = results(world.build("isar-bookworm-qemu-amd64", "--force", "--json"))
+    assert forced["isar-bookworm-qemu-amd64"]["status"] == "success"
+
+
+def test_failing_job_with_keep_going_lets_the_others_finish(docker_engine: str, world: World) -> None:
+    proc = world.build(
+        "isar-bookworm-qemu-amd64-fail",
+        "isar-bookworm-qemu-arm64",
+        "isar-bookworm-qemu-amd64-test",
+        "--keep-going",
+        "--json",
+    )
+    assert proc.returncode == 3
+    got = results(proc)
+    assert got["isar-bookworm-qemu-amd64-fail"]["status"] == "failed"
+    assert "kas exited with" in got["isar-bookworm-qemu-amd64-fail"]["error"]
+    assert got["isar-bookworm-qemu-arm64"]["status"] == "success"
+    assert got["isar-bookworm-qemu-amd64-test"]["status"] == "success"
+    assert "fixture asked to fail" in (world.out / "isar-bookworm-qemu-amd64-fail" / "build.log").read_text()
+    assert world.metadata("isar-bookworm-qemu-amd64-fail")["status"] == "failed"
+
+
+def test_without_keep_going_a_failure_stops_the_queue(docker_engine: str, world: World) -> None:
+    proc = world.build("isar-bookworm-qemu-amd64-fail", "isar-bookworm-qemu-amd64-test", "--no-keep-going", "--json")
+    assert proc.returncode == 3
+    got = results(proc)
+    assert got["isar-bookworm-qemu-amd64-fail"]["status"] == "failed"
+    assert got["isar-bookworm-qemu-amd64-test"]["status"] == "skipped"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_stops_every_container_and_keeps_no_secret(
+    docker_engine: str, world: World, sig: signal.Signals
+) -> None:
+    secret = "AKIAFIXTURESECRET123"
+    stale = docker_containers("org.cip-project.cipbuild")  # from an earlier run that was SIGKILLed
+    if stale:
+        subprocess.run(["docker", "rm", "-f", *stale], capture_output=True, check=False)
+    proc = world.start(
+        "isar-bookworm-qemu-amd64-slow",
+        "isar-bookworm-qemu-arm64-slow",
+        "-j",
+        "2",
+        env={"AWS_SECRET_ACCESS_KEY": secret, "LAVA_TOKEN": secret},
+    )
+    try:
+        world.wait_for("isar-bookworm-qemu-amd64-slow", "running")
+        world.wait_for("isar-bookworm-qemu-arm64-slow", "running")
+        deadline = time.monotonic() + 30
+        while len(docker_containers("org.cip-project.cipbuild", running=True)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        names = docker_containers("org.cip-project.cipbuild", running=True)
+        assert len(names) == 2
+        for name in names:
+            env = subprocess.run(
+                ["docker", "inspect", "--format", "{{json .Config.Env}}", name],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            assert secret not in env and "AWS_" not in env
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert docker_containers("org.cip-project.cipbuild") == []
+    for job_id in ("isar-bookworm-qemu-amd64-slow", "isar-bookworm-qemu-arm64-slow"):
+        meta_text = (world.out / job_id / "metadata.json").read_text()
+        assert world.metadata(job_id)["status"] == "interrupted"
+        assert secret not in meta_text
+        assert secret not in (world.out / job_id / "reproducer.sh").read_text()
+
+
+def test_artifact_escape_is_refused(docker_engine: str, world: World) -> None:
+    proc = world.build("isar-bookworm-qemu-amd64-evil", "--json")
+    assert proc.returncode == 3
+    res = results(proc)["isar-bookworm-qemu-amd64-evil"]
+    assert res["status"] == "failed"
+    assert "is a symlink: refused" in res["error"]
+    artifacts = world.out / "isar-bookworm-qemu-amd64-evil" / "artifacts"
+    for path in artifacts.rglob("*"):
+        assert "root:" not in path.read_text(errors="replace")
+
+
+def test_isar_runs_privileged_and_deby_does_not(docker_engine: str, world: World) -> None:
+    proc = world.build("isar-bookworm-qemu-amd64", "deby-buster-qemu-amd64", "--json")
+    assert proc.returncode == 0, proc.stderr
+    deby = results(proc)["deby-buster-qemu-amd64"]
+    assert {a["type"] for a in deby["artifacts"]} == {"cpio.gz", "manifest", "kernel"}
+
+    def caps(job_id: str) -> int:
+        line = next(x for x in (world.out / job_id / "build.log").read_text().splitlines() if "CapEff" in x)
+        return int(line.split()[-1], 16)
+
+    cap_sys_admin = 1 << 21
+    assert caps("isar-bookworm-qemu-amd64") & cap_sys_admin
+    assert not caps("deby-buster-qemu-amd64") & cap_sys_admin
+
+
+def test_missing_builder_image_is_an_infrastructure_error(docker_engine: str, world: World) -> None:
+    args = world.args("isar-bookworm-qemu-amd64")
+    args[args.index(BUILDER_IMAGE)] = "cipbuild-builder:does-not-exist"
+    proc = subprocess.run(args, capture_output=True, text=True, check=False, timeout=120)
+    assert proc.returncode == 4
+    assert "image 'cipbuild-builder:does-not-exist' is not on this engine" in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_native_runtime(world: World) -> None:
+    if not shutil.which("kas"):
+        pytest.fail("kas is a dependency of cipbuild and must be installed")
+    proc = world.build("isar-bookworm-qemu-arm64-test", "--json", runtime="native")
+    assert proc.returncode == 0, proc.stderr
+    meta = world.metadata("isar-bookworm-qemu-arm64-test")
+    assert meta["runtime"]["engine"] == "native" and meta["status"] == "success"
+    assert (world.out / "isar-bookworm-qemu-arm64-test" / "reproducer.sh").read_text().count("sh run.sh") == 1
+
+
+def test_podman_runtime(world: World) -> None:
+    if not shutil.which("podman"):
+        pytest.skip("podman is not installed (.ci/run installs it)")
+    have = subprocess.run(["podman", "image", "exists", BUILDER_IMAGE], check=False).returncode == 0
+    if not have:
+        pytest.skip(f"{BUILDER_IMAGE} is not in podman's store (.ci/run copies it there)")
+    proc = world.build("isar-bookworm-qemu-amd64", "--json", runtime="podman")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert world.metadata("isar-bookworm-qemu-amd64")["runtime"]["engine"] == "podman"
+
+
+def test_doctor_names_what_is_there(docker_engine: str, test_catalog: Path) -> None:
+    import json
+    import sys
+
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "orchestrator",
+            "--catalog",
+            str(test_catalog),
+            "doctor",
+            "--image",
+            BUILDER_IMAGE,
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    checks = {c["name"]: c for c in json.loads(proc.stdout)}
+    assert checks["container engine"]["status"] == "ok"
+    assert checks["builder image (isar)"]["status"] == "ok"
+    assert checks["privileged containers"]["status"] == "ok"
+    assert checks["kas on this host"]["status"] == "ok"
+    assert proc.returncode == (4 if any(c["status"] == "fail" for c in checks.values()) else 0)
