@@ -181,7 +181,7 @@ def test_option_filter_sees_implied_options(catalog: Catalog) -> None:
 
 
 def test_unknown_kernel_in_an_id_is_named(catalog: Catalog) -> None:
-    with pytest.raises(UserError, match="unknown kernel 9.9 for isar"):
+    with pytest.raises(UserError, match=r"unknown kernel 9\.9 for isar"):
         resolve_job(catalog, "isar-bookworm-qemu-amd64-k9.9")
 
 
