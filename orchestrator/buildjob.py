@@ -87,6 +87,9 @@ class BuildContext:
             self._digests[image] = self.runtime.image_digest(image)
         return self._digests[image]
 
+    def forget_image_digests(self) -> None:
+        self._digests.clear()
+
     def engine(self) -> dict[str, str]:
         if self._engine is None:
             self._engine = self.runtime.check()
@@ -171,7 +174,7 @@ def build_env(ctx: BuildContext, job: Job) -> dict[str, str]:
     return env
 
 
-def inputs_of(ctx: BuildContext, job: Job, kas_text: str) -> dict[str, Any]:
+def inputs_of(ctx: BuildContext, job: Job, kas_text: str) -> dict[str, object]:
     image = ctx.image_for(job)
     return {
         "kas_file_sha256": hashlib.sha256(kas_text.encode()).hexdigest(),
@@ -186,7 +189,7 @@ def inputs_of(ctx: BuildContext, job: Job, kas_text: str) -> dict[str, Any]:
     }
 
 
-def digest_of(inputs: dict[str, Any]) -> str:
+def digest_of(inputs: dict[str, object]) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
 
@@ -234,7 +237,7 @@ def up_to_date(job_dir: Path, digest: str) -> list[Artifact] | None:
     return artifacts
 
 
-def prepare(ctx: BuildContext, job: Job) -> tuple[dict[str, Any], str, BuildResult | None]:
+def prepare(ctx: BuildContext, job: Job) -> tuple[dict[str, object], str, BuildResult | None]:
     """Write job.yml and work out the input digest; a BuildResult when nothing needs building."""
     job_dir = paths(ctx, job)["job_dir"]
     job_dir.mkdir(parents=True, exist_ok=True)
@@ -249,7 +252,7 @@ def prepare(ctx: BuildContext, job: Job) -> tuple[dict[str, Any], str, BuildResu
     return inputs, digest, None
 
 
-def job_metadata(ctx: BuildContext, job: Job, inputs: dict[str, Any], digest: str) -> dict[str, Any]:
+def job_metadata(ctx: BuildContext, job: Job, inputs: dict[str, object], digest: str) -> dict[str, Any]:
     facts = job_facts(ctx.catalog, job)
     return {
         "schema": METADATA_SCHEMA,
@@ -287,7 +290,7 @@ Progress = Callable[[str, int, int], None]  # job id, task done, tasks total
 def run_build(
     ctx: BuildContext,
     job: Job,
-    inputs: dict[str, Any],
+    inputs: dict[str, object],
     digest: str,
     on_start: Callable[[Handle], None],
     progress: Progress,

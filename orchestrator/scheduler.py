@@ -63,7 +63,7 @@ class Scheduler:
         for job in jobs:
             self.on_event(job.id, "checking", "")
             try:
-                inputs, digest, cached = prepare(self.ctx, job)
+                inputs, digest, cached = self._prepare(job)
             except InfrastructureError as exc:
                 results[job.id] = BuildResult(job, INFRA, paths(self.ctx, job)["job_dir"], error=str(exc))
                 self.on_event(job.id, INFRA, str(exc))
@@ -120,6 +120,16 @@ class Scheduler:
             )
             self.on_event(job.id, SKIPPED, "")
         return [results[j.id] for j in jobs]
+
+    def _prepare(self, job: Job) -> tuple[dict[str, object], str, BuildResult | None]:
+        for attempt in range(self.opts.retries + 1):
+            try:
+                return prepare(self.ctx, job)
+            except InfrastructureError:
+                if attempt == self.opts.retries:
+                    raise
+                self.ctx.forget_image_digests()
+        raise AssertionError("unreachable")
 
     def _ready(
         self,

@@ -204,7 +204,7 @@ def test_missing_builder_image_is_an_infrastructure_error(docker_engine: str, wo
     args[args.index(BUILDER_IMAGE)] = "cipbuild-builder:does-not-exist"
     proc = subprocess.run(args, capture_output=True, text=True, check=False, timeout=120)
     assert proc.returncode == 4
-    assert "image 'cipbuild-builder:does-not-exist' is not on this engine" in proc.stdout + proc.stderr
+    assert "image 'cipbuild-builder:does-not-exist' is not on this engine and could not be pulled" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 

@@ -98,18 +98,32 @@ class DockerRuntime:
         }
 
     def image_digest(self, image: str) -> str:
+        """The image's digest, pulling it first when the engine does not have it."""
         import docker.errors
 
         try:
-            found = self.client.images.get(image)
-        except docker.errors.ImageNotFound:
-            raise InfrastructureError(
-                f"image '{image}' is not on this engine; build it with `cipbuild image build` or pull it"
-            ) from None
+            try:
+                found = self.client.images.get(image)
+            except docker.errors.ImageNotFound:
+                found = self._pull(image)
+        except InfrastructureError:
+            raise
         except Exception as exc:
             raise _engine_error(exc) from None
         digests = found.attrs.get("RepoDigests") or []
         return str(digests[0].split("@", 1)[1] if digests else found.id)
+
+    def _pull(self, image: str) -> Any:
+        import docker.errors
+
+        try:
+            return self.client.images.pull(image)
+        except docker.errors.APIError as exc:
+            reason = str(exc.explanation or exc).splitlines()[0]
+            raise InfrastructureError(
+                f"image '{image}' is not on this engine and could not be pulled ({reason}); "
+                "make one offline with `cipbuild image build`"
+            ) from None
 
     def start(self, spec: RunSpec) -> DockerHandle:
         uid, gid = host_user()

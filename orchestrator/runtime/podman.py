@@ -65,12 +65,18 @@ class PodmanRuntime:
         return {"engine": "podman", "version": str(client.get("Version", "?")), "rootless": str(self.rootless).lower()}
 
     def image_digest(self, image: str) -> str:
+        """The image's digest, pulling it first when podman's store does not have it."""
         try:
             out = self._run("image", "inspect", "--format", "{{.Digest}}", image)
         except InfrastructureError:
-            raise InfrastructureError(
-                f"image '{image}' is not in podman's store; build it with `cipbuild image build --runtime podman`"
-            ) from None
+            try:
+                self._run("pull", "--quiet", image)
+            except InfrastructureError as exc:
+                raise InfrastructureError(
+                    f"image '{image}' is not in podman's store and could not be pulled ({exc}); "
+                    "make one offline with `cipbuild image build --engine podman`"
+                ) from None
+            out = self._run("image", "inspect", "--format", "{{.Digest}}", image)
         return out.strip()
 
     def start(self, spec: RunSpec) -> PodmanHandle:
