@@ -23,6 +23,7 @@ from typing import Any
 
 from . import __version__
 from .artifacts import Artifact, collect
+from .builder import ENTRYPOINT
 from .catalog import Catalog
 from .errors import InfrastructureError
 from .kasfile import job_facts, render, repos_of
@@ -216,12 +217,16 @@ def reproducer(ctx: BuildContext, job: Job, spec: RunSpec) -> str:
     if ctx.runtime.name == "native":
         return head + f"cd {shlex.quote(str(spec.workdir))} && exec env {env} sh run.sh\n"
     engine = ctx.runtime.name
-    flags = ["--rm", "-w", str(spec.workdir)]
+    flags = ["--rm", f"-w {shlex.quote(str(spec.workdir))}"]
     flags += [f"-v {shlex.quote(str(m))}:{shlex.quote(str(m))}" for m in spec.mounts]
     flags += [f"-e {k}={shlex.quote(v)}" for k, v in sorted(spec.env.items())]
+    flags += ['-e CIPBUILD_UID="$(id -u)"', '-e CIPBUILD_GID="$(id -g)"']
     if spec.privileged:
-        flags.append("--privileged")
-    return head + f"exec {engine} run {' '.join(flags)} {spec.image} sh run.sh\n"
+        flags += getattr(ctx.runtime, "privileged_flags", ["--privileged"])
+    entry = " ".join(shlex.quote(a) for a in spec.entrypoint[1:])
+    run = shlex.quote(str(spec.workdir / "run.sh"))
+    lines = " \\\n    ".join(flags)
+    return head + f"exec {engine} run {lines} \\\n    --entrypoint sh {spec.image} {entry} sh {run}\n"
 
 
 def up_to_date(job_dir: Path, digest: str) -> list[Artifact] | None:
@@ -301,12 +306,16 @@ def run_build(
     for key in ("KAS_WORK_DIR", "KAS_BUILD_DIR", "DL_DIR", "SSTATE_DIR", "KAS_REPO_REF_DIR"):
         p[key].mkdir(parents=True, exist_ok=True)
     (job_dir / "run.sh").write_text(run_script(ctx, job), encoding="utf-8")
+    # Our own entrypoint, so any Debian-based kas image works (the official ones run only kas
+    # sub-commands through theirs) and the build runs as the caller's uid/gid.
+    (job_dir / "entry.sh").write_text(ENTRYPOINT, encoding="utf-8")
     spec = RunSpec(
         argv=["sh", str(job_dir / "run.sh")],
         workdir=job_dir,
         env=build_env(ctx, job),
         mounts=(job_dir, ctx.cache_dir, *ctx.mirrors),
         image=ctx.image_for(job),
+        entrypoint=["sh", str(job_dir / "entry.sh")],
         privileged=ctx.catalog.distros[job.distro].build_system == "isar",
         name=f"cipbuild-{ctx.session}-{job.id}",
         labels={f"{LABEL}.session": ctx.session, f"{LABEL}.job": job.id},
@@ -345,6 +354,8 @@ def run_build(
     elif code is not None:
         result.error = f"kas exited with {code}; see {job_dir / 'build.log'}"
     result.duration = time.monotonic() - started
+    # now the engine knows how it ran privileged containers here
+    (job_dir / "reproducer.sh").write_text(reproducer(ctx, job, spec), encoding="utf-8")
     finish(job_dir, meta, result)
     return result
 

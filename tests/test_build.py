@@ -255,3 +255,26 @@ def test_doctor_names_what_is_there(docker_engine: str, test_catalog: Path) -> N
     assert checks["privileged containers"]["status"] == "ok"
     assert checks["kas on this host"]["status"] == "ok"
     assert proc.returncode == (4 if any(c["status"] == "fail" for c in checks.values()) else 0)
+
+
+def test_reproducer_rebuilds_the_job_by_hand(docker_engine: str, world: World) -> None:
+    job = "isar-bookworm-qemu-arm64"
+    assert world.build(job).returncode == 0
+    folder = world.out / job
+    shutil.rmtree(folder / "build")
+    proc = subprocess.run(
+        ["sh", str(folder / "reproducer.sh")], capture_output=True, text=True, check=False, timeout=300
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    wic = (
+        folder
+        / "build"
+        / "tmp"
+        / "deploy"
+        / "images"
+        / "qemu-arm64"
+        / "cip-core-image-cip-core-bookworm-qemu-arm64.wic"
+    )
+    assert wic.is_file()
+    recorded = next(a for a in world.metadata(job)["artifacts"] if a["type"] == "wic")
+    assert hashlib.sha256(wic.read_bytes()).hexdigest() == recorded["sha256"]

@@ -24,6 +24,7 @@ class RunSpec:
     env: dict[str, str]
     mounts: Sequence[Path] = ()
     image: str | None = None
+    entrypoint: Sequence[str] = ()
     privileged: bool = False
     name: str = ""
     labels: dict[str, str] = field(default_factory=dict)

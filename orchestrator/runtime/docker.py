@@ -137,6 +137,8 @@ class DockerRuntime:
             "detach": True,
             "tty": False,
         }
+        if spec.entrypoint:
+            kwargs["entrypoint"] = list(spec.entrypoint)
         try:
             if not spec.privileged:
                 return DockerHandle(self.client.containers.run(spec.image, **kwargs))
@@ -163,6 +165,14 @@ class DockerRuntime:
         if self._privileged_mode == "full":
             return self.client.containers.run(image, privileged=True, **kwargs)
         return self.client.containers.run(image, **PRIVILEGED_SUBSTITUTE, **kwargs)
+
+    @property
+    def privileged_flags(self) -> list[str]:
+        """How `docker run` gets the privileges builds ran with here (for reproducer.sh)."""
+        if self._privileged_mode != "substitute":
+            return ["--privileged"]
+        return ["--cap-add ALL", "--cap-drop SYS_RESOURCE", "--security-opt seccomp=unconfined",
+                "--security-opt apparmor=unconfined", "--device-cgroup-rule 'a *:* rwm'"]
 
     def _remove_named(self, name: str | None) -> None:
         if not name:

@@ -107,6 +107,8 @@ class PodmanRuntime:
             args += ["--userns", "keep-id"]  # already the caller inside; the entrypoint just runs
         if spec.privileged:
             args += ["--privileged"]
+        if spec.entrypoint:
+            args += ["--entrypoint", json.dumps(list(spec.entrypoint))]
         args += [str(spec.image), *spec.argv]
         try:
             proc = subprocess.Popen(
