@@ -42,6 +42,7 @@ PROFILES: dict[str, list[str]] = {
         "schroot",
         "zstd",
         "python3-venv",
+        "python3-distutils",
         "debootstrap",
         "fdisk",
         "dosfstools",

@@ -86,8 +86,13 @@ def kas_config(catalog: Catalog, job: Job) -> dict[str, Any]:
     for name in repos_of(catalog, job):
         pin = catalog.repos.repos[name]
         repos[name] = {"url": pin.url, "commit": pin.commit}
+        if pin.layers is not None:
+            repos[name]["layers"] = dict(pin.layers)
+    header: dict[str, Any] = {"version": KAS_HEADER_VERSION}
+    if includes:
+        header["includes"] = includes
     config: dict[str, Any] = {
-        "header": {"version": KAS_HEADER_VERSION, "includes": includes},
+        "header": header,
         "build_system": catalog.distros[job.distro].build_system,
         "machine": facts.machine,
         "distro": facts.distro,
@@ -111,7 +116,15 @@ def render(catalog: Catalog, job: Job) -> str:
         head.append(f"# Upstream: {', '.join(tags)}")
     for rule, reason in job.waived:
         head.append(f"# Builds although rule {rule} excludes it: {' '.join(reason.split())}")
-    body = yaml.safe_dump(kas_config(catalog, job), sort_keys=False, default_flow_style=False, width=100)
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    def text(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+        # local.conf snippets stay readable blocks, as people write them in kas files
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|" if "\n" in value else None)
+
+    Dumper.add_representer(str, text)
+    body = yaml.dump(kas_config(catalog, job), Dumper=Dumper, sort_keys=False, default_flow_style=False, width=100)
     return "\n".join(head) + "\n" + body
 
 

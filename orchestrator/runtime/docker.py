@@ -164,7 +164,9 @@ class DockerRuntime:
                     self._privileged_mode = "substitute"
         if self._privileged_mode == "full":
             return self.client.containers.run(image, privileged=True, **kwargs)
-        return self.client.containers.run(image, **PRIVILEGED_SUBSTITUTE, **kwargs)
+        # --privileged would also give the host's /dev (loop devices for disk images)
+        volumes = {**kwargs["volumes"], "/dev": {"bind": "/dev", "mode": "rw"}}
+        return self.client.containers.run(image, **PRIVILEGED_SUBSTITUTE, **{**kwargs, "volumes": volumes})
 
     @property
     def privileged_flags(self) -> list[str]:
@@ -172,7 +174,7 @@ class DockerRuntime:
         if self._privileged_mode != "substitute":
             return ["--privileged"]
         return ["--cap-add ALL", "--cap-drop SYS_RESOURCE", "--security-opt seccomp=unconfined",
-                "--security-opt apparmor=unconfined", "--device-cgroup-rule 'a *:* rwm'"]
+                "--security-opt apparmor=unconfined", "--device-cgroup-rule 'a *:* rwm'", "-v /dev:/dev"]
 
     def _remove_named(self, name: str | None) -> None:
         if not name:
