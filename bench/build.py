@@ -43,9 +43,25 @@ def main() -> int:
         catalog = make_test_catalog(tmp / "catalog", upstreams)
 
         def cipbuild(out: Path, *extra: str) -> list[str]:
-            return [sys.executable, "-m", "orchestrator", "--catalog", str(catalog), "build", *extra,
-                    "--runtime", args.runtime, "--image", args.image, "--out", str(out),
-                    "--cache", str(tmp / "cache"), "--mirror", str(upstreams.root)]
+            return [
+                sys.executable,
+                "-m",
+                "orchestrator",
+                "--catalog",
+                str(catalog),
+                "build",
+                *extra,
+                "--runtime",
+                args.runtime,
+                "--image",
+                args.image,
+                "--out",
+                str(out),
+                "--cache",
+                str(tmp / "cache"),
+                "--mirror",
+                str(upstreams.root),
+            ]
 
         job = "isar-bookworm-qemu-amd64"
         ours, bare = [], []
@@ -56,8 +72,12 @@ def main() -> int:
             kas_dir = tmp / f"bare-{run}"
             kas_dir.mkdir()
             shutil.copy(out / job / "job.yml", kas_dir / "job.yml")
-            env = {**os.environ, "KAS_WORK_DIR": str(kas_dir), "KAS_BUILD_DIR": str(kas_dir / "build"),
-                   "KAS_PREMIRRORS": f"^https?://.*/([^/]+?)(?:\\.git)?$ file://{upstreams.root}/\\1"}
+            env = {
+                **os.environ,
+                "KAS_WORK_DIR": str(kas_dir),
+                "KAS_BUILD_DIR": str(kas_dir / "build"),
+                "KAS_PREMIRRORS": f"^https?://.*/([^/]+?)(?:\\.git)?$ file://{upstreams.root}/\\1",
+            }
             bare.append(timed(["kas", "build", "job.yml"], env=env, cwd=kas_dir))
         o, b = statistics.median(ours), statistics.median(bare)
         print(f"one job, median of {args.runs} ({args.runtime}):")

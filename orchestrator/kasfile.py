@@ -116,6 +116,7 @@ def render(catalog: Catalog, job: Job) -> str:
         head.append(f"# Upstream: {', '.join(tags)}")
     for rule, reason in job.waived:
         head.append(f"# Builds although rule {rule} excludes it: {' '.join(reason.split())}")
+
     class Dumper(yaml.SafeDumper):
         pass
 

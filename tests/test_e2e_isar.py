@@ -32,8 +32,9 @@ pytestmark = [
 
 def test_real_isar_build_cold_warm_and_unchanged(tmp_path: Path) -> None:
     assert ISAR
-    commit = subprocess.run(["git", "-C", ISAR, "rev-parse", "HEAD"], capture_output=True, text=True,
-                            check=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "-C", ISAR, "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     catalog = tmp_path / "catalog"
     shutil.copytree(E2E_CATALOG, catalog)
     repos = catalog / "kas" / "repos.yml"
@@ -45,9 +46,29 @@ def test_real_isar_build_cold_warm_and_unchanged(tmp_path: Path) -> None:
     def build(out: Path, *extra: str) -> tuple[float, dict[str, dict[str, object]]]:
         start = time.monotonic()
         proc = subprocess.run(
-            [sys.executable, "-m", "orchestrator", "--catalog", str(catalog), "build", JOB, "--image", IMAGE,
-             "--out", str(out), "--cache", str(cache), "--mirror", str(mirror), "--json", *extra],
-            capture_output=True, text=True, check=False)
+            [
+                sys.executable,
+                "-m",
+                "orchestrator",
+                "--catalog",
+                str(catalog),
+                "build",
+                JOB,
+                "--image",
+                IMAGE,
+                "--out",
+                str(out),
+                "--cache",
+                str(cache),
+                "--mirror",
+                str(mirror),
+                "--json",
+                *extra,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         took = time.monotonic() - start
         assert proc.returncode == 0, proc.stderr[-3000:] + (out / JOB / "build.log").read_text()[-3000:]
         return took, {r["id"]: r for r in json.loads(proc.stdout)["results"]}
@@ -62,8 +83,10 @@ def test_real_isar_build_cold_warm_and_unchanged(tmp_path: Path) -> None:
     sizes = {a["type"]: a["size"] for a in meta["artifacts"]}
     assert set(sizes) == {"wic", "wic.bmap", "kernel", "initrd", "manifest", "dpkg_status"}
     assert sizes["wic"] > 100 * 2**20 and sizes["kernel"] > 2**20
-    report = (f"real isar e2e: cold {cold:.0f} s, warm {warm:.0f} s, unchanged {unchanged:.1f} s, "
-              f"forced with nothing to do {bitbake_noop:.0f} s; wic {sizes['wic'] / 2**20:.0f} MiB")
+    report = (
+        f"real isar e2e: cold {cold:.0f} s, warm {warm:.0f} s, unchanged {unchanged:.1f} s, "
+        f"forced with nothing to do {bitbake_noop:.0f} s; wic {sizes['wic'] / 2**20:.0f} MiB"
+    )
     print(report)
     if os.environ.get("CIPBUILD_E2E_REPORT"):
         Path(os.environ["CIPBUILD_E2E_REPORT"]).write_text(report + "\n")

@@ -173,8 +173,14 @@ class DockerRuntime:
         """How `docker run` gets the privileges builds ran with here (for reproducer.sh)."""
         if self._privileged_mode != "substitute":
             return ["--privileged"]
-        return ["--cap-add ALL", "--cap-drop SYS_RESOURCE", "--security-opt seccomp=unconfined",
-                "--security-opt apparmor=unconfined", "--device-cgroup-rule 'a *:* rwm'", "-v /dev:/dev"]
+        return [
+            "--cap-add ALL",
+            "--cap-drop SYS_RESOURCE",
+            "--security-opt seccomp=unconfined",
+            "--security-opt apparmor=unconfined",
+            "--device-cgroup-rule 'a *:* rwm'",
+            "-v /dev:/dev",
+        ]
 
     def _remove_named(self, name: str | None) -> None:
         if not name:
