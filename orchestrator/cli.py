@@ -394,6 +394,12 @@ def build(
 
     cat = _catalog()
     sel = _selection(board, distro, release, kernel, option, job_ids)
+    if recipe is None and sel.is_empty():
+        raise UserError(
+            "say what to build",
+            where="build",
+            hint="a board (-b qemu-amd64), a recipe (-r hands-on) or job ids; `cipbuild plan` lists them",
+        )
     chosen = make_plan(cat, recipe=recipe, everything=False, sel=sel).jobs
     for folder in mirror or []:
         if not folder.is_dir():

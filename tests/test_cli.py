@@ -115,3 +115,7 @@ def test_kas_of_a_waived_job_says_why_it_builds(cli: Cli) -> None:
     res = cli("kas", "isar-bookworm-qemu-arm64-security-targz-separate-home-iec-testing")
     assert res.code == 0
     assert "# Builds although rule targz-swupdate excludes it" in res.out
+
+
+def test_build_without_a_selection_asks_what_to_build(cli: Cli) -> None:
+    assert "say what to build" in one_line_error(cli("build"))
