@@ -212,14 +212,21 @@ kas build job.yml:kas.lock.yml
 
 
 def reproducer(ctx: BuildContext, job: Job, spec: RunSpec) -> str:
-    env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(spec.env.items()))
+    """A script that reruns the build by hand. Passed-through variables (proxies may carry
+    credentials) are taken from the caller's environment again, never written down."""
+    fixed = {k: v for k, v in sorted(spec.env.items()) if k not in PASSTHROUGH}
+    inherited = sorted(k for k in spec.env if k in PASSTHROUGH)
     head = f"#!/bin/sh\n# Rebuild {job.id} by hand, as cipbuild {__version__} did.\n"
+    if inherited:
+        head += f"# Set {', '.join(inherited)} as for the original build.\n"
     if ctx.runtime.name == "native":
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in fixed.items())
         return head + f"cd {shlex.quote(str(spec.workdir))} && exec env {env} sh run.sh\n"
     engine = ctx.runtime.name
     flags = ["--rm", f"-w {shlex.quote(str(spec.workdir))}"]
     flags += [f"-v {shlex.quote(str(m))}:{shlex.quote(str(m))}" for m in spec.mounts]
-    flags += [f"-e {k}={shlex.quote(v)}" for k, v in sorted(spec.env.items())]
+    flags += [f"-e {k}={shlex.quote(v)}" for k, v in fixed.items()]
+    flags += [f"-e {k}" for k in inherited]
     flags += ['-e CIPBUILD_UID="$(id -u)"', '-e CIPBUILD_GID="$(id -g)"']
     if spec.privileged:
         flags += getattr(ctx.runtime, "privileged_flags", ["--privileged"])

@@ -136,12 +136,13 @@ def test_interrupt_stops_every_container_and_keeps_no_secret(
     stale = docker_containers("org.cip-project.cipbuild")  # from an earlier run that was SIGKILLed
     if stale:
         subprocess.run(["docker", "rm", "-f", *stale], capture_output=True, check=False)
+    proxy = f"http://builder:{secret}@proxy.invalid:3128"
     proc = world.start(
         "isar-bookworm-qemu-amd64-slow",
         "isar-bookworm-qemu-arm64-slow",
         "-j",
         "2",
-        env={"AWS_SECRET_ACCESS_KEY": secret, "LAVA_TOKEN": secret},
+        env={"AWS_SECRET_ACCESS_KEY": secret, "LAVA_TOKEN": secret, "no_proxy": "*", "https_proxy": proxy},
     )
     try:
         world.wait_for("isar-bookworm-qemu-amd64-slow", "running")
@@ -158,7 +159,8 @@ def test_interrupt_stops_every_container_and_keeps_no_secret(
                 text=True,
                 check=True,
             ).stdout
-            assert secret not in env and "AWS_" not in env
+            assert "AWS_" not in env and "LAVA_" not in env
+            assert f"https_proxy={proxy}" in env  # the one way a build reaches the network
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
     finally:
