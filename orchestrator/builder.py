@@ -88,6 +88,8 @@ gid=${CIPBUILD_GID:-$uid}
 if [ "$(id -u)" != 0 ] || [ "$uid" = 0 ]; then
     exec "$@"
 fi
+# the mounted folders (upstream mirrors, job folder) may belong to another uid than the builder
+git config --system --add safe.directory '*' 2>/dev/null || true
 getent group "$gid" >/dev/null || groupadd -o -g "$gid" builder
 getent passwd "$uid" >/dev/null || useradd -o -u "$uid" -g "$gid" -M -d /home/builder -s /bin/sh builder
 user=$(getent passwd "$uid" | cut -d: -f1)

@@ -28,7 +28,7 @@ from .catalog import Catalog
 from .errors import InfrastructureError
 from .kasfile import job_facts, render, repos_of
 from .matrix import Job
-from .runtime import LABEL, Handle, RunSpec, Runtime
+from .runtime import LABEL, Handle, RunSpec, Runtime, build_user
 
 METADATA_SCHEMA = 1
 TASK_LINE = re.compile(r"Running (?:setscene )?task (\d+) of (\d+)")
@@ -227,7 +227,6 @@ def reproducer(ctx: BuildContext, job: Job, spec: RunSpec) -> str:
     flags += [f"-v {shlex.quote(str(m))}:{shlex.quote(str(m))}" for m in spec.mounts]
     flags += [f"-e {k}={shlex.quote(v)}" for k, v in fixed.items()]
     flags += [f"-e {k}" for k in inherited]
-    flags += ['-e CIPBUILD_UID="$(id -u)"', '-e CIPBUILD_GID="$(id -g)"']
     if spec.privileged:
         flags += getattr(ctx.runtime, "privileged_flags", ["--privileged"])
     entry = " ".join(shlex.quote(a) for a in spec.entrypoint[1:])
@@ -310,8 +309,14 @@ def run_build(
     """Build one job whose folder `prepare` made; never raises for a failed build, only for infrastructure."""
     p = paths(ctx, job)
     job_dir = p["job_dir"]
+    uid, gid = build_user(ctx.runtime.name)
     for key in ("KAS_WORK_DIR", "KAS_BUILD_DIR", "DL_DIR", "SSTATE_DIR", "KAS_REPO_REF_DIR"):
         p[key].mkdir(parents=True, exist_ok=True)
+    if (uid, gid) != (os.getuid(), os.getgid()):
+        # root calling: the builder user must own what it writes to (not recursive: the caches
+        # are large, and what it wrote before is already its own)
+        for path in [job_dir, *job_dir.iterdir(), p["DL_DIR"], p["SSTATE_DIR"], p["KAS_REPO_REF_DIR"]]:
+            os.chown(path, uid, gid, follow_symlinks=False)
     (job_dir / "run.sh").write_text(run_script(ctx, job), encoding="utf-8")
     # Our own entrypoint, so any Debian-based kas image works (the official ones run only kas
     # sub-commands through theirs) and the build runs as the caller's uid/gid.
@@ -319,7 +324,7 @@ def run_build(
     spec = RunSpec(
         argv=["sh", str(job_dir / "run.sh")],
         workdir=job_dir,
-        env=build_env(ctx, job),
+        env={**build_env(ctx, job), "CIPBUILD_UID": str(uid), "CIPBUILD_GID": str(gid)},
         mounts=(job_dir, ctx.cache_dir, *ctx.mirrors),
         image=ctx.image_for(job),
         entrypoint=["sh", str(job_dir / "entry.sh")],

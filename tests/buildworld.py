@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,3 +86,14 @@ class World:
 def results(proc: subprocess.CompletedProcess[str]) -> dict[str, dict[str, Any]]:
     data = json.loads(proc.stdout)
     return {r["id"]: r for r in data["results"]}
+
+
+def open_to_builder(path: Path) -> Path:
+    """Builds started by root run as an unprivileged builder uid (isar cannot build as root): it
+    must be able to reach the test's folders, which pytest makes private (0700)."""
+    for folder in (path, *path.parents):
+        if folder.stat().st_uid == os.getuid() and folder.stat().st_mode & 0o005 != 0o005:
+            folder.chmod(folder.stat().st_mode | 0o755)
+        if folder == Path(tempfile.gettempdir()):
+            break
+    return path

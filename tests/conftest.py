@@ -13,7 +13,7 @@ from orchestrator.catalog import Catalog, default_catalog_dir, load_catalog
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from buildworld import BUILDER_IMAGE, World
+from buildworld import BUILDER_IMAGE, World, open_to_builder
 from kasfixture import Upstreams, make_test_catalog, make_upstreams
 
 CATALOG_PARTS = ("boards", "options", "distros", "recipes", "kas", "schemas")
@@ -35,7 +35,7 @@ def catalog_copy(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def upstreams(tmp_path_factory: pytest.TempPathFactory) -> Upstreams:
-    return make_upstreams(tmp_path_factory.mktemp("upstreams"))
+    return make_upstreams(open_to_builder(tmp_path_factory.mktemp("upstreams")))
 
 
 @dataclass
@@ -93,7 +93,7 @@ def test_catalog(upstreams: Upstreams, tmp_path_factory: pytest.TempPathFactory)
 @pytest.fixture
 def world(test_catalog: Path, upstreams: Upstreams, tmp_path: Path) -> World:
     """Fresh out/ and cache/ for one test, over the session's fixture upstreams."""
-    return World(test_catalog, upstreams.root, tmp_path / "out", tmp_path / "cache")
+    return World(test_catalog, upstreams.root, open_to_builder(tmp_path) / "out", tmp_path / "cache")
 
 
 @pytest.fixture(autouse=True, scope="session")

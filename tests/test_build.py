@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from buildworld import BUILDER_IMAGE, World, results
 
+from orchestrator.runtime import build_user
+
 pytestmark = pytest.mark.integration
 
 FOUR = [
@@ -58,6 +60,8 @@ def test_four_jobs_two_at_a_time_leave_complete_folders(docker_engine: str, worl
         types = {a["type"] for a in meta["artifacts"]}
         assert types == {"wic", "kernel", "initrd", "manifest", "dpkg_status"}
         for art in meta["artifacts"]:
+            # the caller's uid, or the unprivileged builder's when root calls (isar refuses root)
+            assert (folder / art["path"]).stat().st_uid == build_user("docker")[0]
             data = (folder / art["path"]).read_bytes()
             assert hashlib.sha256(data).hexdigest() == art["sha256"] and len(data) == art["size"]
         assert "overrides" in (folder / "kas.lock.yml").read_text()
@@ -193,7 +197,7 @@ def test_isar_runs_privileged_and_deby_does_not(docker_engine: str, world: World
     assert {a["type"] for a in deby["artifacts"]} == {"cpio.gz", "manifest", "kernel"}
 
     def caps(job_id: str) -> int:
-        line = next(x for x in (world.out / job_id / "build.log").read_text().splitlines() if "CapEff" in x)
+        line = next(x for x in (world.out / job_id / "build.log").read_text().splitlines() if "CapBnd" in x)
         return int(line.split()[-1], 16)
 
     cap_sys_admin = 1 << 21

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from buildworld import open_to_builder
 
 ISAR = os.environ.get("CIPBUILD_E2E_ISAR")
 IMAGE = os.environ.get("CIPBUILD_E2E_IMAGE", "cipbuild-builder:isar")
@@ -32,6 +33,7 @@ pytestmark = [
 
 def test_real_isar_build_cold_warm_and_unchanged(tmp_path: Path) -> None:
     assert ISAR
+    open_to_builder(tmp_path)
     commit = subprocess.run(
         ["git", "-C", ISAR, "rev-parse", "HEAD"], capture_output=True, text=True, check=True
     ).stdout.strip()

@@ -106,5 +106,18 @@ def pick_runtime(name: str) -> Runtime:
     )
 
 
-def host_user() -> tuple[int, int]:
-    return os.getuid(), os.getgid()
+# Isar cannot build as root (apt drops privileges inside bitbake's user namespaces and fails), so
+# when cipbuild itself runs as root, container builds run as this uid/gid, as kas images' builder.
+ROOT_CALLER_BUILDER = (1000, 1000)
+
+
+def build_user(runtime: str) -> tuple[int, int]:
+    """The uid/gid a build runs as: the caller's, or the builder's when the caller is root."""
+    uid, gid = os.getuid(), os.getgid()
+    if uid == 0 and runtime != "native":
+        override = os.environ.get("CIPBUILD_BUILDER_ID", "")
+        if override:
+            user, _, group = override.partition(":")
+            return int(user), int(group or user)
+        return ROOT_CALLER_BUILDER
+    return uid, gid

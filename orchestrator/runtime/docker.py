@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..errors import InfrastructureError
-from . import LABEL, RunSpec, host_user
+from . import LABEL, RunSpec
 
 # --privileged is refused in some sandboxes ("unable to apply caps"); this is the same power
 # less the one capability they withhold, which is enough for Isar's mounts and loop devices.
@@ -126,10 +126,9 @@ class DockerRuntime:
             ) from None
 
     def start(self, spec: RunSpec) -> DockerHandle:
-        uid, gid = host_user()
         kwargs: dict[str, Any] = {
             "command": list(spec.argv),
-            "environment": {**spec.env, "CIPBUILD_UID": str(uid), "CIPBUILD_GID": str(gid)},
+            "environment": dict(spec.env),
             "volumes": {str(p): {"bind": str(p), "mode": "rw"} for p in spec.mounts},
             "working_dir": str(spec.workdir),
             "labels": {LABEL: "1", **spec.labels},
@@ -143,9 +142,11 @@ class DockerRuntime:
             if not spec.privileged:
                 return DockerHandle(self.client.containers.run(spec.image, **kwargs))
             return DockerHandle(self._run_privileged(spec.image, kwargs))
-        except InfrastructureError:
-            raise
         except Exception as exc:
+            # a container created but not started would block the retry's name
+            self._remove_named(kwargs.get("name"))
+            if isinstance(exc, InfrastructureError):
+                raise
             raise _engine_error(exc) from None
 
     def _run_privileged(self, image: str | None, kwargs: dict[str, Any]) -> Any:

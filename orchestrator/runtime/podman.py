@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import IO
 
 from ..errors import InfrastructureError
-from . import LABEL, RunSpec, host_user
+from . import LABEL, RunSpec
 
 # crun cannot set up cgroups on some hosts (hybrid mode); runc can. CIPBUILD_PODMAN_RUNTIME overrides.
 DEFAULT_OCI_RUNTIME = "runc"
@@ -80,7 +80,6 @@ class PodmanRuntime:
         return out.strip()
 
     def start(self, spec: RunSpec) -> PodmanHandle:
-        uid, gid = host_user()
         name = spec.name or f"cipbuild-{os.getpid()}"
         args = [
             *self.podman,
@@ -92,10 +91,6 @@ class PodmanRuntime:
             str(spec.workdir),
             "--label",
             f"{LABEL}=1",
-            "--env",
-            f"CIPBUILD_UID={uid}",
-            "--env",
-            f"CIPBUILD_GID={gid}",
         ]
         for key, value in spec.labels.items():
             args += ["--label", f"{key}={value}"]
