@@ -7,6 +7,7 @@ the caller's uid/gid (``cipbuild-entry``), with passwordless sudo when the profi
 from __future__ import annotations
 
 import importlib.metadata
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -81,24 +82,43 @@ PROFILES: dict[str, list[str]] = {
 }
 
 ENTRYPOINT = """#!/bin/sh
-# cipbuild builder entrypoint: run the command as the caller (CIPBUILD_UID/GID), not as root.
+# cipbuild builder entrypoint: started as root, runs the command as CIPBUILD_UID/GID. Works with
+# cipbuild's own images and with the official kas images (whose 'builder' account it reuses).
 set -e
 uid=${CIPBUILD_UID:-0}
 gid=${CIPBUILD_GID:-$uid}
-if [ "$(id -u)" != 0 ] || [ "$uid" = 0 ]; then
+if [ "$(id -u)" != 0 ]; then
     exec "$@"
 fi
 # the mounted folders (upstream mirrors, job folder) may belong to another uid than the builder
 git config --system --add safe.directory '*' 2>/dev/null || true
-getent group "$gid" >/dev/null || groupadd -o -g "$gid" builder
-getent passwd "$uid" >/dev/null || useradd -o -u "$uid" -g "$gid" -M -d /home/builder -s /bin/sh builder
-user=$(getent passwd "$uid" | cut -d: -f1)
-mkdir -p /home/builder && chown "$uid:$gid" /home/builder
+# foreign-architecture isar builds need qemu's binfmt handlers, as kas-isar's entrypoint registers
+if ls /usr/lib/binfmt.d/qemu-*.conf >/dev/null 2>&1; then
+    misc=/proc/sys/fs/binfmt_misc
+    [ -f $misc/status ] || mount -t binfmt_misc binfmt_misc $misc 2>/dev/null || true
+    for conf in /usr/lib/binfmt.d/qemu-*.conf; do
+        [ -e "$misc/$(basename "$conf" .conf)" ] || cat "$conf" > $misc/register 2>/dev/null || true
+    done
+fi
+if [ "$uid" = 0 ]; then
+    exec "$@"
+fi
+if getent passwd builder >/dev/null; then
+    groupmod -o -g "$gid" builder 2>/dev/null || true
+    usermod -o -u "$uid" -g "$gid" builder
+    user=builder
+else
+    getent group "$gid" >/dev/null || groupadd -o -g "$gid" builder
+    getent passwd "$uid" >/dev/null || useradd -o -u "$uid" -g "$gid" -M -d /home/builder -s /bin/sh builder
+    user=$(getent passwd "$uid" | cut -d: -f1)
+fi
+home=$(getent passwd "$user" | cut -d: -f6)
+mkdir -p "$home" && chown "$uid:$gid" "$home"
 if [ -d /etc/sudoers.d ]; then
     echo "$user ALL=(ALL) NOPASSWD: ALL" > /etc/sudoers.d/cipbuild
 fi
 if getent group sbuild >/dev/null; then usermod -a -G sbuild "$user"; fi
-export HOME=/home/builder USER="$user" LOGNAME="$user"
+export HOME="$home" USER="$user" LOGNAME="$user"
 exec setpriv --reuid="$uid" --regid="$gid" --init-groups "$@"
 """
 
@@ -113,6 +133,31 @@ ENV LANG=en_US.UTF-8 LC_ALL=en_US.UTF-8
 LABEL org.cip-project.cipbuild.profile="{profile}" org.cip-project.cipbuild.kas="{kas}"
 ENTRYPOINT ["/usr/local/bin/cipbuild-entry"]
 """
+
+
+# The Python of each Debian suite, so wheels fit the image, not the host.
+SUITE_PYTHON = {"bullseye": "3.9", "bookworm": "3.11", "trixie": "3.13"}
+
+
+def wheel_target(suite: str) -> list[str]:
+    if suite not in SUITE_PYTHON:
+        from .catalog import suggest
+
+        raise UserError(f"no known Python for Debian {suite}", where="--suite", hint=suggest(suite, SUITE_PYTHON))
+    arch = platform.machine()
+    return [
+        "--only-binary=:all:",
+        "--implementation",
+        "cp",
+        "--python-version",
+        SUITE_PYTHON[suite],
+        "--platform",
+        f"manylinux_2_17_{arch}",
+        "--platform",
+        f"manylinux2014_{arch}",
+        "--platform",
+        "any",
+    ]
 
 
 def default_tag(profile: str, suite: str) -> str:
@@ -157,7 +202,7 @@ def build_image(
                 "pip",
                 "download",
                 "--quiet",
-                "--only-binary=:all:",
+                *wheel_target(suite),
                 "--dest",
                 str(context / "wheels"),
                 f"kas=={kas_version}",

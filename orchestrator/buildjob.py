@@ -2,11 +2,15 @@
 
 ``out/<job-id>/`` holds job.yml (the kas file), run.sh (the steps inside the builder),
 kas.lock.yml (resolved commits), build.log, metadata.json (written before the build and completed
-after), reproducer.sh, and artifacts/ (hard links of what the board's rules collect).
+after), reproducer.sh, and artifacts/ (copies of what the board's rules collect).
+
+The build writes to the job folder, so cipbuild treats it as hostile afterwards: it never follows
+a symlink there when it writes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -22,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .artifacts import Artifact, collect
+from .artifacts import Artifact, collect, rules_for
 from .builder import ENTRYPOINT
 from .catalog import Catalog
 from .errors import InfrastructureError
@@ -129,11 +133,21 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+def write_file(path: Path, text: str, mode: int = 0o644) -> None:
+    """Replace ``path`` atomically without following a symlink a build may have planted there."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    try:
+        os.write(fd, text.encode("utf-8"))
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)  # rename replaces a symlink itself, not its target
+
+
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Atomically, so a crash never leaves half a metadata file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_file(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -157,8 +171,16 @@ def paths(ctx: BuildContext, job: Job) -> dict[str, Path]:
 
 
 def premirrors(ctx: BuildContext) -> str:
-    """KAS_PREMIRRORS lines sending every upstream URL to a local mirror of the same name."""
-    lines = [f"^(?:https?|git|ssh)://.*/([^/]+?)(?:\\.git)?$ file://{mirror}/\\1" for mirror in ctx.mirrors]
+    """KAS_PREMIRRORS lines sending each upstream URL to the first mirror folder that has a
+    repository of its name (kas uses the first line that matches)."""
+    lines: list[str] = []
+    taken: set[str] = set()
+    for mirror in ctx.mirrors:
+        for entry in sorted(mirror.iterdir()) if mirror.is_dir() else []:
+            name = entry.name.removesuffix(".git")
+            if entry.is_dir() and name not in taken:
+                taken.add(name)
+                lines.append(f"^(?:https?|git|ssh|file)://.*/{re.escape(name)}(?:\\.git)?/?$ file://{entry}")
     user = ctx.environ.get("KAS_PREMIRRORS")
     return "\n".join(([user] if user else []) + lines)
 
@@ -186,8 +208,19 @@ def inputs_of(ctx: BuildContext, job: Job, kas_text: str) -> dict[str, object]:
         "builder_image": image,
         "builder_image_digest": ctx.image_digest(image),
         "cipbuild_version": __version__,
-        "env": {k: ctx.environ[k] for k in BUILD_AFFECTING if ctx.environ.get(k)},
+        "env": {k: redact(ctx.environ[k]) for k in BUILD_AFFECTING if ctx.environ.get(k)},
+        # secrets in those values change the digest but are never written down
+        "env_sha256": hashlib.sha256(
+            json.dumps({k: ctx.environ.get(k) for k in BUILD_AFFECTING}, sort_keys=True).encode()
+        ).hexdigest(),
+        "artifact_rules": [r.model_dump(mode="json") for r in rules_for(ctx.catalog, job)],
+        "facts": dataclasses.asdict(job_facts(ctx.catalog, job)),
     }
+
+
+def redact(value: str) -> str:
+    """URLs keep their host, never their user:password."""
+    return re.sub(r"(\w+://)[^/@\s]+@", r"\1***@", value)
 
 
 def digest_of(inputs: dict[str, object]) -> str:
@@ -214,8 +247,9 @@ kas build job.yml:kas.lock.yml
 def reproducer(ctx: BuildContext, job: Job, spec: RunSpec) -> str:
     """A script that reruns the build by hand. Passed-through variables (proxies may carry
     credentials) are taken from the caller's environment again, never written down."""
-    fixed = {k: v for k, v in sorted(spec.env.items()) if k not in PASSTHROUGH}
-    inherited = sorted(k for k in spec.env if k in PASSTHROUGH)
+    secret_prone = set(PASSTHROUGH) | ({"KAS_PREMIRRORS"} if ctx.environ.get("KAS_PREMIRRORS") else set())
+    fixed = {k: v for k, v in sorted(spec.env.items()) if k not in secret_prone}
+    inherited = sorted(k for k in spec.env if k in secret_prone)
     head = f"#!/bin/sh\n# Rebuild {job.id} by hand, as cipbuild {__version__} did.\n"
     if inherited:
         head += f"# Set {', '.join(inherited)} as for the original build.\n"
@@ -225,6 +259,7 @@ def reproducer(ctx: BuildContext, job: Job, spec: RunSpec) -> str:
     engine = ctx.runtime.name
     flags = ["--rm", f"-w {shlex.quote(str(spec.workdir))}"]
     flags += [f"-v {shlex.quote(str(m))}:{shlex.quote(str(m))}" for m in spec.mounts]
+    flags += [f"-v {shlex.quote(str(m))}:{shlex.quote(str(m))}:ro" for m in spec.readonly_mounts]
     flags += [f"-e {k}={shlex.quote(v)}" for k, v in fixed.items()]
     flags += [f"-e {k}" for k in inherited]
     if spec.privileged:
@@ -232,7 +267,9 @@ def reproducer(ctx: BuildContext, job: Job, spec: RunSpec) -> str:
     entry = " ".join(shlex.quote(a) for a in spec.entrypoint[1:])
     run = shlex.quote(str(spec.workdir / "run.sh"))
     lines = " \\\n    ".join(flags)
-    return head + f"exec {engine} run {lines} \\\n    --entrypoint sh {spec.image} {entry} sh {run}\n"
+    if spec.image:
+        head += f"# Builder image {spec.image} was {ctx.image_digest(spec.image)}.\n"
+    return head + f"exec {engine} run {lines} \\\n    --user root --entrypoint sh {spec.image} {entry} sh {run}\n"
 
 
 def up_to_date(job_dir: Path, digest: str) -> list[Artifact] | None:
@@ -241,19 +278,26 @@ def up_to_date(job_dir: Path, digest: str) -> list[Artifact] | None:
     if not meta or meta.get("status") != SUCCESS or meta.get("inputs_digest") != digest:
         return None
     artifacts = [Artifact(**a) for a in meta.get("artifacts", [])]
+    stamps = meta.get("artifact_stamps", {})
     for art in artifacts:
-        path = job_dir / art.path
-        if not path.is_file() or path.stat().st_size != art.size:
-            return None
+        if stamp(job_dir / art.path) != stamps.get(art.path):
+            return None  # gone, or touched since it was hashed
     return artifacts
 
 
+def stamp(path: Path) -> list[int] | None:
+    """Size, mtime and inode: a cheap proof that a file is the one that was hashed."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
 def prepare(ctx: BuildContext, job: Job) -> tuple[dict[str, object], str, BuildResult | None]:
-    """Write job.yml and work out the input digest; a BuildResult when nothing needs building."""
+    """Work out the input digest; a BuildResult when nothing needs building."""
     job_dir = paths(ctx, job)["job_dir"]
-    job_dir.mkdir(parents=True, exist_ok=True)
     kas_text = render(ctx.catalog, job)
-    (job_dir / "job.yml").write_text(kas_text, encoding="utf-8")
     inputs = inputs_of(ctx, job, kas_text)
     digest = digest_of(inputs)
     if not ctx.force:
@@ -305,8 +349,10 @@ def run_build(
     digest: str,
     on_start: Callable[[Handle], None],
     progress: Progress,
+    attempt: int = 1,
 ) -> BuildResult:
-    """Build one job whose folder `prepare` made; never raises for a failed build, only for infrastructure."""
+    """Build one job; never raises for a failed build. Whatever goes wrong after its container
+    started, the container is stopped and metadata.json says what happened."""
     p = paths(ctx, job)
     job_dir = p["job_dir"]
     uid, gid = build_user(ctx.runtime.name)
@@ -315,61 +361,94 @@ def run_build(
     if (uid, gid) != (os.getuid(), os.getgid()):
         # root calling: the builder user must own what it writes to (not recursive: the caches
         # are large, and what it wrote before is already its own)
-        for path in [job_dir, *job_dir.iterdir(), p["DL_DIR"], p["SSTATE_DIR"], p["KAS_REPO_REF_DIR"]]:
+        for path in [
+            job_dir,
+            p["KAS_WORK_DIR"],
+            p["KAS_BUILD_DIR"],
+            *p["KAS_WORK_DIR"].parent.glob("kas.lock.yml"),
+            p["DL_DIR"],
+            p["SSTATE_DIR"],
+            p["KAS_REPO_REF_DIR"],
+        ]:
             os.chown(path, uid, gid, follow_symlinks=False)
-    (job_dir / "run.sh").write_text(run_script(ctx, job), encoding="utf-8")
+    write_file(job_dir / "job.yml", render(ctx.catalog, job))
+    write_file(job_dir / "run.sh", run_script(ctx, job))
     # Our own entrypoint, so any Debian-based kas image works (the official ones run only kas
     # sub-commands through theirs) and the build runs as the caller's uid/gid.
-    (job_dir / "entry.sh").write_text(ENTRYPOINT, encoding="utf-8")
+    write_file(job_dir / "entry.sh", ENTRYPOINT)
+    name = f"cipbuild-{ctx.session}-{job.id}" + (f"-a{attempt}" if attempt > 1 else "")
     spec = RunSpec(
         argv=["sh", str(job_dir / "run.sh")],
         workdir=job_dir,
         env={**build_env(ctx, job), "CIPBUILD_UID": str(uid), "CIPBUILD_GID": str(gid)},
-        mounts=(job_dir, ctx.cache_dir, *ctx.mirrors),
+        mounts=(job_dir, ctx.cache_dir),
+        readonly_mounts=ctx.mirrors,
         image=ctx.image_for(job),
         entrypoint=["sh", str(job_dir / "entry.sh")],
         privileged=ctx.catalog.distros[job.distro].build_system == "isar",
-        name=f"cipbuild-{ctx.session}-{job.id}",
+        name=name,
         labels={f"{LABEL}.session": ctx.session, f"{LABEL}.job": job.id},
     )
-    (job_dir / "reproducer.sh").write_text(reproducer(ctx, job, spec), encoding="utf-8")
-    os.chmod(job_dir / "reproducer.sh", 0o755)
+    write_file(job_dir / "reproducer.sh", reproducer(ctx, job, spec), 0o755)
     meta = job_metadata(ctx, job, inputs, digest)
     write_json(job_dir / "metadata.json", meta)
     started = time.monotonic()
     result = BuildResult(job, FAILED, job_dir, inputs_digest=digest)
+    handle: Handle | None = None
+    code: int | None = None
     try:
-        handle = ctx.runtime.start(spec)
-        on_start(handle)
-        with (job_dir / "build.log").open("w", encoding="utf-8") as log:
+        with _open_log(job_dir / "build.log") as log:
+            handle = ctx.runtime.start(spec)
+            on_start(handle)
             for line in handle.lines():
                 log.write(line + "\n")
                 if match := TASK_LINE.search(line):
                     progress(job.id, int(match[1]), int(match[2]))
                 elif match := EPOCH_LINE.match(line):
                     meta["source_date_epoch"] = int(match[1])
-        code = handle.wait()
+            code = handle.wait()
+            killed = bool(getattr(handle, "killed", False))
     except InfrastructureError as exc:
         result.status, result.error = INFRA, str(exc)
-        code = None
+        killed = False
+    except BaseException as exc:
+        if handle is not None:
+            handle.kill()
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        result.status = INTERRUPTED if interrupted else INFRA
+        result.error = "interrupted" if interrupted else f"{type(exc).__name__}: {exc}"
+        result.duration = time.monotonic() - started
+        finish(job_dir, meta, result)
+        if not isinstance(exc, Exception):
+            raise
+        return result
     result.exit_code = code
-    if code == 0:
-        deploy = p["KAS_BUILD_DIR"] / "tmp" / "deploy" / "images" / job_facts(ctx.catalog, job).machine
-        artifacts, problems = collect(ctx.catalog, job, deploy, job_dir)
+    if killed or code == 130:
+        result.status, result.error = INTERRUPTED, "interrupted"
+    elif code == 0:
+        artifacts, problems = collect(ctx.catalog, job, job_dir)
         result.artifacts = artifacts
         if problems:
             result.error = "; ".join(problems)
         else:
             result.status = SUCCESS
-    elif code == 130:
-        result.status, result.error = INTERRUPTED, "interrupted"
+            meta["artifact_stamps"] = {a.path: stamp(job_dir / a.path) for a in artifacts}
+    elif code is not None and getattr(handle, "engine_failed", False):
+        result.status, result.error = INFRA, f"{ctx.runtime.name} could not run the container (exit {code})"
     elif code is not None:
         result.error = f"kas exited with {code}; see {job_dir / 'build.log'}"
     result.duration = time.monotonic() - started
     # now the engine knows how it ran privileged containers here
-    (job_dir / "reproducer.sh").write_text(reproducer(ctx, job, spec), encoding="utf-8")
+    write_file(job_dir / "reproducer.sh", reproducer(ctx, job, spec), 0o755)
     finish(job_dir, meta, result)
     return result
+
+
+def _open_log(path: Path) -> Any:
+    if path.is_symlink() or path.is_dir():
+        raise InfrastructureError(f"{path} is not a regular file: remove it")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    return os.fdopen(fd, "w", encoding="utf-8", errors="replace")
 
 
 def finish(job_dir: Path, meta: dict[str, Any], result: BuildResult) -> None:

@@ -405,7 +405,7 @@ def build(
         if not folder.is_dir():
             raise UserError(f"mirror folder {folder} does not exist", where="--mirror")
     engine = pick_runtime(runtime)
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = max(1, len(os.sched_getaffinity(0)) // jobs)  # the CPUs this process may use
     ctx = BuildContext(
         cat,
         engine,

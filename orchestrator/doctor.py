@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -83,14 +84,14 @@ def _image_checks(runtime: Runtime, images: dict[str, str]) -> list[Check]:
     out = []
     for system, image in sorted(images.items()):
         try:
-            digest = runtime.image_digest(image)
+            digest = runtime.image_digest(image, pull=False)
         except CipbuildError as exc:
             out.append(
                 Check(
                     f"builder image ({system})",
                     FAIL,
                     str(exc),
-                    f"cipbuild image build --profile {system} --tag {image}",
+                    f"pull it, or make it: cipbuild image build --profile {system} --tag {image}",
                 )
             )
             continue
@@ -108,7 +109,7 @@ def _privileged(runtime: Runtime, image: str) -> Check:
         env={},
         image=image,
         privileged=True,
-        name="",
+        name=f"cipbuild-doctor-{os.getpid()}",
     )
     try:
         handle = runtime.start(spec)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -17,7 +18,8 @@ class BuildProgress:
 
     def __init__(self, job_ids: list[str], *, live: bool | None = None, stream: Any = None):
         self.stream = stream or sys.stderr
-        self.live = self.stream.isatty() if live is None else live
+        # a live table only for a person at a terminal; CI logs get plain lines
+        self.live = (self.stream.isatty() and not os.environ.get("CI")) if live is None else live
         self.state = {j: "pending" for j in job_ids}
         self.detail = {j: "" for j in job_ids}
         self.started: dict[str, float] = {}
@@ -57,6 +59,8 @@ class BuildProgress:
             previous = self.tasks.get(job_id)
             self.tasks[job_id] = (done, total)
         # plain output: one line per tenth of the tasks, not one per task
+        if total <= 0:
+            return
         if not self.live and (previous is None or done * 10 // total != previous[0] * 10 // max(previous[1], 1)):
             self._line(f"{job_id}: task {done} of {total}")
 
@@ -67,8 +71,9 @@ class BuildProgress:
         return self.ended.get(job_id, time.monotonic()) - start
 
     def _line(self, text: str) -> None:
-        self.stream.write(f"{datetime.now().strftime('%H:%M:%S')} {text}\n")
-        self.stream.flush()
+        with self.lock:
+            self.stream.write(f"{datetime.now().strftime('%H:%M:%S')} {text}\n")
+            self.stream.flush()
 
     def _table(self) -> Any:
         from rich.table import Table

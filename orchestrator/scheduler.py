@@ -58,6 +58,24 @@ class Scheduler:
 
     def run(self, jobs: list[Job]) -> list[BuildResult]:
         results: dict[str, BuildResult] = {}
+        with _signals_as_interrupt():
+            try:
+                self._run(jobs, results)
+            except KeyboardInterrupt:
+                self.cancel()
+        for job in jobs:  # whatever an interrupt or an earlier failure left unbuilt
+            if job.id not in results:
+                interrupted = self.cancelled.is_set()
+                state, why = (
+                    (INTERRUPTED, "not started")
+                    if interrupted
+                    else (SKIPPED, "not built: an earlier job failed (use --keep-going)")
+                )
+                results[job.id] = BuildResult(job, state, paths(self.ctx, job)["job_dir"], error=why)
+                self.on_event(job.id, state, why)
+        return [results[j.id] for j in jobs]
+
+    def _run(self, jobs: list[Job], results: dict[str, BuildResult]) -> None:
         pending: list[Job] = []
         self.prepared: dict[str, tuple[dict[str, object], str]] = {}
         for job in jobs:
@@ -78,48 +96,44 @@ class Scheduler:
         leaders: dict[tuple[str, str, str], str] = {}
         for job in pending:
             leaders.setdefault(group_of(self.ctx, job), job.id)
-        with _signals_as_interrupt(), ThreadPoolExecutor(max_workers=max(1, self.opts.jobs)) as pool:
-            running: dict[Future[BuildResult], Job] = {}
-            stop_new = False
+        running: dict[Future[BuildResult], Job] = {}
+        with ThreadPoolExecutor(max_workers=max(1, self.opts.jobs)) as pool:
             try:
+                stop_new = False
                 while pending or running:
                     for job in self._ready(pending, running, results, leaders):
                         if stop_new or self.cancelled.is_set():
                             break
-                        pending.remove(job)
                         running[pool.submit(self._build, job)] = job
+                        pending.remove(job)
                     if not running:
                         break
                     done, _ = wait(running, return_when=FIRST_COMPLETED)
                     for future in done:
                         job = running.pop(future)
-                        result = future.result()
-                        results[job.id] = result
-                        if result.status == FAILED and not self.opts.keep_going:
+                        results[job.id] = self._result_of(future, job)
+                        if results[job.id].status == FAILED and not self.opts.keep_going:
                             stop_new = True
             except KeyboardInterrupt:
                 self.cancel()
                 for future, job in running.items():
-                    try:
-                        results[job.id] = future.result()
-                    except Exception as exc:  # the build thread died with its container
-                        results[job.id] = BuildResult(job, INTERRUPTED, paths(self.ctx, job)["job_dir"], error=str(exc))
+                    results[job.id] = self._result_of(future, job)
                     mark_interrupted(paths(self.ctx, job)["job_dir"])
-                for job in pending:
-                    results[job.id] = BuildResult(
-                        job, INTERRUPTED, paths(self.ctx, job)["job_dir"], error="not started"
+                leaks = self.ctx.runtime.leftovers(self.ctx.session)
+                if leaks:
+                    self.on_event(
+                        next(iter(running.values())).id if running else "cipbuild",
+                        INFRA,
+                        f"containers left behind: {', '.join(leaks)}",
                     )
-                    self.on_event(job.id, INTERRUPTED, "not started")
-                pending.clear()
-        for job in pending:  # left over after a failure without --keep-going
-            results[job.id] = BuildResult(
-                job,
-                SKIPPED,
-                paths(self.ctx, job)["job_dir"],
-                error="not built: an earlier job failed (use --keep-going)",
-            )
-            self.on_event(job.id, SKIPPED, "")
-        return [results[j.id] for j in jobs]
+
+    def _result_of(self, future: Future[BuildResult], job: Job) -> BuildResult:
+        """The build's result; a build thread that died becomes an infrastructure error, not a crash."""
+        try:
+            return future.result()
+        except BaseException as exc:
+            state = INTERRUPTED if isinstance(exc, KeyboardInterrupt) else INFRA
+            return BuildResult(job, state, paths(self.ctx, job)["job_dir"], error=f"{type(exc).__name__}: {exc}")
 
     def _prepare(self, job: Job) -> tuple[dict[str, object], str, BuildResult | None]:
         for attempt in range(self.opts.retries + 1):
@@ -153,12 +167,23 @@ class Scheduler:
         result: BuildResult | None = None
         for attempt in range(attempts):
             if self.cancelled.is_set():
-                return BuildResult(job, INTERRUPTED, paths(self.ctx, job)["job_dir"], error="not started")
+                result = BuildResult(job, INTERRUPTED, paths(self.ctx, job)["job_dir"], error="not started")
+                break
             self.on_event(job.id, "building", "" if attempt == 0 else "retry after infrastructure error")
             inputs, digest = self.prepared[job.id]
-            result = run_build(self.ctx, job, inputs, digest, lambda h: self._started(job, h), self.on_progress)
-            with self.lock:
-                self.handles.pop(job.id, None)
+            try:
+                result = run_build(
+                    self.ctx,
+                    job,
+                    inputs,
+                    digest,
+                    lambda h: self._started(job, h),
+                    self.on_progress,
+                    attempt=attempt + 1,
+                )
+            finally:
+                with self.lock:
+                    self.handles.pop(job.id, None)
             if result.status != INFRA:
                 break
         assert result is not None

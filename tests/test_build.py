@@ -4,6 +4,7 @@ fixture upstreams whose bitbake is the one accepted fake."""
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import signal
 import subprocess
@@ -60,12 +61,14 @@ def test_four_jobs_two_at_a_time_leave_complete_folders(docker_engine: str, worl
         types = {a["type"] for a in meta["artifacts"]}
         assert types == {"wic", "kernel", "initrd", "manifest", "dpkg_status"}
         for art in meta["artifacts"]:
-            # the caller's uid, or the unprivileged builder's when root calls (isar refuses root)
-            assert (folder / art["path"]).stat().st_uid == build_user("docker")[0]
+            # collected artifacts belong to the caller, whoever the build ran as
+            assert (folder / art["path"]).stat().st_uid == os.getuid()
             data = (folder / art["path"]).read_bytes()
             assert hashlib.sha256(data).hexdigest() == art["sha256"] and len(data) == art["size"]
         assert "overrides" in (folder / "kas.lock.yml").read_text()
         assert "Running task 4 of 4" in (folder / "build.log").read_text()
+        # the build itself ran as the caller, or as an unprivileged builder when root calls
+        assert (folder / "kas.lock.yml").stat().st_uid == build_user("docker")[0]
     # the -test image carries the suffix upstream's IMAGE_FULLNAME gives it
     test_meta = world.metadata("isar-bookworm-qemu-arm64-test")
     assert any(a["path"].endswith("qemu-arm64-test.wic") for a in test_meta["artifacts"])
@@ -184,17 +187,38 @@ def test_artifact_escape_is_refused(docker_engine: str, world: World) -> None:
     assert proc.returncode == 3
     res = results(proc)["isar-bookworm-qemu-amd64-evil"]
     assert res["status"] == "failed"
-    assert "is a symlink: refused" in res["error"]
+    assert "leads outside the deploy folder (symlink): refused" in res["error"]
     artifacts = world.out / "isar-bookworm-qemu-amd64-evil" / "artifacts"
     for path in artifacts.rglob("*"):
         assert "root:" not in path.read_text(errors="replace")
+
+
+def test_symlinked_deploy_folder_is_refused(docker_engine: str, world: World) -> None:
+    res = results(world.build("isar-bookworm-qemu-amd64-dirlink", "--json"))["isar-bookworm-qemu-amd64-dirlink"]
+    assert res["status"] == "failed"
+    assert "the deploy folder is a symlink: refused" in res["error"]
+    assert res["artifacts"] == []
+
+
+def test_a_broken_job_folder_is_an_infrastructure_error_not_a_crash(docker_engine: str, world: World) -> None:
+    (world.out / "isar-bookworm-qemu-amd64").mkdir(parents=True)
+    (world.out / "isar-bookworm-qemu-amd64" / "build.log").mkdir()
+    proc = world.build("isar-bookworm-qemu-amd64", "--json")
+    assert proc.returncode == 4 and "Traceback" not in proc.stderr
+    assert "build.log is not a regular file" in results(proc)["isar-bookworm-qemu-amd64"]["error"]
+    assert docker_containers("org.cip-project.cipbuild") == []
 
 
 def test_isar_runs_privileged_and_deby_does_not(docker_engine: str, world: World) -> None:
     proc = world.build("isar-bookworm-qemu-amd64", "deby-buster-qemu-amd64", "--json")
     assert proc.returncode == 0, proc.stderr
     deby = results(proc)["deby-buster-qemu-amd64"]
+    # poky's stable names are symlinks to timestamped files in the same folder: followed
     assert {a["type"] for a in deby["artifacts"]} == {"cpio.gz", "manifest", "kernel"}
+    assert {a["path"] for a in deby["artifacts"]} >= {
+        "artifacts/bzImage",
+        "artifacts/core-image-minimal-qemux86-64.cpio.gz",
+    }
 
     def caps(job_id: str) -> int:
         line = next(x for x in (world.out / job_id / "build.log").read_text().splitlines() if "CapBnd" in x)

@@ -23,6 +23,7 @@ class RunSpec:
     workdir: Path
     env: dict[str, str]
     mounts: Sequence[Path] = ()
+    readonly_mounts: Sequence[Path] = ()
     image: str | None = None
     entrypoint: Sequence[str] = ()
     privileged: bool = False
@@ -49,8 +50,9 @@ class Runtime(Protocol):
     def check(self) -> dict[str, str]:
         """Facts about the engine (version...); InfrastructureError when it does not answer."""
 
-    def image_digest(self, image: str) -> str:
-        """The image's content digest; InfrastructureError when the image is not there."""
+    def image_digest(self, image: str, *, pull: bool = True) -> str:
+        """The image's content digest, pulled first if missing and ``pull``; InfrastructureError
+        when it cannot be had."""
 
     def start(self, spec: RunSpec) -> Handle: ...
 

@@ -30,6 +30,10 @@ class DockerHandle:
         self.container = container
         self._killed = threading.Event()
 
+    @property
+    def killed(self) -> bool:
+        return self._killed.is_set()
+
     def lines(self) -> Iterator[str]:
         buffer = b""
         try:
@@ -38,9 +42,10 @@ class DockerHandle:
                 *complete, buffer = buffer.split(b"\n")
                 for raw in complete:
                     yield raw.decode("utf-8", "replace").rstrip("\r")
-        except Exception:  # the container went away (killed): the output simply ends
-            if not self._killed.is_set():
-                raise
+        except Exception as exc:  # killed: the output simply ends; otherwise the engine failed us
+            if not self.killed:
+                self._remove()
+                raise _engine_error(exc) from None
         if buffer:
             yield buffer.decode("utf-8", "replace")
 
@@ -48,11 +53,12 @@ class DockerHandle:
         try:
             code = int(self.container.wait()["StatusCode"])
         except Exception as exc:
-            if self._killed.is_set():
+            self._remove()
+            if self.killed:
                 return 130
             raise _engine_error(exc) from None
         self._remove()
-        return 130 if self._killed.is_set() else code
+        return 130 if self.killed else code
 
     def kill(self) -> None:
         self._killed.set()
@@ -97,7 +103,7 @@ class DockerRuntime:
             "api": str(version.get("ApiVersion", "?")),
         }
 
-    def image_digest(self, image: str) -> str:
+    def image_digest(self, image: str, *, pull: bool = True) -> str:
         """The image's digest, pulling it first when the engine does not have it."""
         import docker.errors
 
@@ -105,6 +111,8 @@ class DockerRuntime:
             try:
                 found = self.client.images.get(image)
             except docker.errors.ImageNotFound:
+                if not pull:
+                    raise InfrastructureError(f"image '{image}' is not on this engine") from None
                 found = self._pull(image)
         except InfrastructureError:
             raise
@@ -129,7 +137,12 @@ class DockerRuntime:
         kwargs: dict[str, Any] = {
             "command": list(spec.argv),
             "environment": dict(spec.env),
-            "volumes": {str(p): {"bind": str(p), "mode": "rw"} for p in spec.mounts},
+            "volumes": {
+                **{str(p): {"bind": str(p), "mode": "rw"} for p in spec.mounts},
+                **{str(p): {"bind": str(p), "mode": "ro"} for p in spec.readonly_mounts},
+            },
+            # root first, whatever the image's USER: the entrypoint switches to the build user
+            "user": "root",
             "working_dir": str(spec.workdir),
             "labels": {LABEL: "1", **spec.labels},
             "name": spec.name or None,

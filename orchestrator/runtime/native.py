@@ -47,8 +47,11 @@ class NativeRuntime:
     def check(self) -> dict[str, str]:
         return {"engine": "native", "version": platform.release()}
 
-    def image_digest(self, image: str) -> str:
-        return "native"
+    def image_digest(self, image: str, *, pull: bool = True) -> str:
+        """The host is the builder: its kas and distribution stand for the image."""
+        import importlib.metadata
+
+        return f"native:kas-{importlib.metadata.version('kas')}:{platform.freedesktop_os_release().get('ID', '?')}"
 
     def start(self, spec: RunSpec) -> NativeHandle:
         env = {k: v for k, v in os.environ.items() if k in HOST_ENV}

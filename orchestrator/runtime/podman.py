@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from typing import IO
 
@@ -16,12 +19,17 @@ from . import LABEL, RunSpec
 DEFAULT_OCI_RUNTIME = "runc"
 
 
+# podman run's own failures (cannot create, OCI runtime missing, command not runnable)
+ENGINE_EXIT_CODES = (125, 126, 127)
+
+
 class PodmanHandle:
     def __init__(self, podman: list[str], name: str, proc: subprocess.Popen[str]):
         self.podman = podman
         self.name = name
         self.proc = proc
         self.killed = False
+        self.engine_failed = False
 
     def lines(self) -> Iterator[str]:
         stream: IO[str] | None = self.proc.stdout
@@ -31,11 +39,28 @@ class PodmanHandle:
 
     def wait(self) -> int:
         code = self.proc.wait()
-        return 130 if self.killed else code
+        if self.killed:
+            return 130
+        self.engine_failed = code in ENGINE_EXIT_CODES
+        return code
 
     def kill(self) -> None:
+        """Remove the container; `podman run` may not have created it yet, so keep at it."""
         self.killed = True
-        subprocess.run([*self.podman, "rm", "-f", "-t", "0", self.name], capture_output=True, check=False)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            subprocess.run([*self.podman, "rm", "-f", "-t", "0", self.name], capture_output=True, check=False)
+            exists = (
+                subprocess.run(
+                    [*self.podman, "container", "exists", self.name], capture_output=True, check=False
+                ).returncode
+                == 0
+            )
+            if not exists and self.proc.poll() is not None:
+                return
+            time.sleep(0.3)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
 
 
@@ -48,9 +73,9 @@ class PodmanRuntime:
         self.podman = [exe or "podman"] + (["--runtime", oci] if oci and shutil.which(oci) else [])
         self.rootless = os.getuid() != 0
 
-    def _run(self, *args: str) -> str:
+    def _run(self, *args: str, timeout: float | None = 120) -> str:
         try:
-            proc = subprocess.run([*self.podman, *args], capture_output=True, text=True, check=False, timeout=120)
+            proc = subprocess.run([*self.podman, *args], capture_output=True, text=True, check=False, timeout=timeout)
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise InfrastructureError(f"podman: {exc}") from None
         if proc.returncode != 0:
@@ -64,13 +89,15 @@ class PodmanRuntime:
         client = info.get("Client", info)
         return {"engine": "podman", "version": str(client.get("Version", "?")), "rootless": str(self.rootless).lower()}
 
-    def image_digest(self, image: str) -> str:
+    def image_digest(self, image: str, *, pull: bool = True) -> str:
         """The image's digest, pulling it first when podman's store does not have it."""
         try:
             out = self._run("image", "inspect", "--format", "{{.Digest}}", image)
         except InfrastructureError:
+            if not pull:
+                raise InfrastructureError(f"image '{image}' is not in podman's store") from None
             try:
-                self._run("pull", "--quiet", image)
+                self._run("pull", "--quiet", image, timeout=None)  # a builder image is GBs
             except InfrastructureError as exc:
                 raise InfrastructureError(
                     f"image '{image}' is not in podman's store and could not be pulled ({exc}); "
@@ -94,12 +121,17 @@ class PodmanRuntime:
         ]
         for key, value in spec.labels.items():
             args += ["--label", f"{key}={value}"]
-        for key, value in spec.env.items():
-            args += ["--env", f"{key}={value}"]
+        # values travel in podman's environment, not on its command line (which anyone can read)
+        for key in spec.env:
+            args += ["--env", key]
         for path in spec.mounts:
             args += ["--volume", f"{path}:{path}:rw"]
+        for path in spec.readonly_mounts:
+            args += ["--volume", f"{path}:{path}:ro"]
+        # root first (in rootless podman that is the caller); the entrypoint switches user
+        args += ["--user", "root"]
         if self.rootless:
-            args += ["--userns", "keep-id"]  # already the caller inside; the entrypoint just runs
+            args += ["--userns", "keep-id"]
         if spec.privileged:
             args += ["--privileged"]
         if spec.entrypoint:
@@ -108,6 +140,7 @@ class PodmanRuntime:
         try:
             proc = subprocess.Popen(
                 args,
+                env={**os.environ, **spec.env},
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 text=True,
