@@ -262,6 +262,7 @@ def reproducer(ctx: BuildContext, job: Job, spec: RunSpec) -> str:
     flags += [f"-v {shlex.quote(str(m))}:{shlex.quote(str(m))}:ro" for m in spec.readonly_mounts]
     flags += [f"-e {k}={shlex.quote(v)}" for k, v in fixed.items()]
     flags += [f"-e {k}" for k in inherited]
+    flags += getattr(ctx.runtime, "reproducer_flags", [])
     if spec.privileged:
         flags += getattr(ctx.runtime, "privileged_flags", ["--privileged"])
     entry = " ".join(shlex.quote(a) for a in spec.entrypoint[1:])

@@ -109,8 +109,9 @@ def pick_runtime(name: str) -> Runtime:
 
 
 # Isar cannot build as root (apt drops privileges inside bitbake's user namespaces and fails), so
-# when cipbuild itself runs as root, container builds run as this uid/gid, as kas images' builder.
-ROOT_CALLER_BUILDER = (1000, 1000)
+# when cipbuild itself runs as root, container builds run as the kas images' builder uid/gid: a
+# system-range id no login account on the host is likely to have (1000 usually is one).
+ROOT_CALLER_BUILDER = (30000, 30000)
 
 
 def build_user(runtime: str) -> tuple[int, int]:

@@ -151,6 +151,12 @@ class PodmanRuntime:
             raise InfrastructureError(f"podman: {exc}") from None
         return PodmanHandle(self.podman, name, proc)
 
+    @property
+    def reproducer_flags(self) -> list[str]:
+        """What `podman run` needs here besides the build's own flags (for reproducer.sh)."""
+        flags = [f"--runtime {self.podman[2]}"] if len(self.podman) > 2 else []
+        return flags + (["--userns keep-id"] if self.rootless else [])
+
     def leftovers(self, session: str) -> list[str]:
         out = self._run("ps", "-a", "--filter", f"label={LABEL}.session={session}", "--format", "{{.Names}}")
         return [line for line in out.splitlines() if line]
