@@ -30,7 +30,7 @@ from .artifacts import Artifact, collect, rules_for
 from .builder import ENTRYPOINT
 from .catalog import Catalog
 from .errors import InfrastructureError
-from .kasfile import job_facts, render, repos_of
+from .kasfile import job_facts, job_record, render, repos_of
 from .matrix import Job
 from .runtime import LABEL, Handle, RunSpec, Runtime, build_user
 
@@ -309,21 +309,9 @@ def prepare(ctx: BuildContext, job: Job) -> tuple[dict[str, object], str, BuildR
 
 
 def job_metadata(ctx: BuildContext, job: Job, inputs: dict[str, object], digest: str) -> dict[str, Any]:
-    facts = job_facts(ctx.catalog, job)
     return {
         "schema": METADATA_SCHEMA,
-        "job": {
-            "id": job.id,
-            "distro": job.distro,
-            "release": job.release,
-            "board": job.board,
-            "kernel": job.kernel,
-            "options": list(job.options),
-            "machine": facts.machine,
-            "bitbake_distro": facts.distro,
-            "target": facts.target,
-            "image": facts.image,
-        },
+        "job": job_record(ctx.catalog, job),
         "inputs": inputs,
         "inputs_digest": digest,
         "runtime": ctx.engine(),

@@ -195,30 +195,13 @@ def plan(
     _print_plan(cat, result, explain)
 
 
-def _job_json(cat: Catalog, job: Any) -> dict[str, Any]:
-    from .kasfile import job_facts
-
-    facts = job_facts(cat, job)
-    return {
-        "id": job.id,
-        "distro": job.distro,
-        "release": job.release,
-        "board": job.board,
-        "kernel": job.kernel,
-        "options": list(job.options),
-        "machine": facts.machine,
-        "bitbake_distro": facts.distro,
-        "target": facts.target,
-        "image": facts.image,
-        "waived": [{"rule": r, "reason": why} for r, why in job.waived],
-    }
-
-
 def _plan_json(cat: Catalog, result: Plan, explain: bool) -> dict[str, Any]:
+    from .kasfile import job_record
+
     data: dict[str, Any] = {
         "source": result.source,
         "candidates": result.candidates,
-        "jobs": [_job_json(cat, j) for j in result.jobs],
+        "jobs": [job_record(cat, j) for j in result.jobs],
     }
     if explain:
         from .matrix import rule_summaries, summary_of

@@ -45,6 +45,24 @@ def job_facts(catalog: Catalog, job: Job) -> JobFacts:
     return JobFacts(machine, bb_distro, target, image, rootfs)
 
 
+def job_record(catalog: Catalog, job: Job) -> dict[str, Any]:
+    """A job as plan --json and metadata.json show it."""
+    facts = job_facts(catalog, job)
+    return {
+        "id": job.id,
+        "distro": job.distro,
+        "release": job.release,
+        "board": job.board,
+        "kernel": job.kernel,
+        "options": list(job.options),
+        "machine": facts.machine,
+        "bitbake_distro": facts.distro,
+        "target": facts.target,
+        "image": facts.image,
+        "waived": [{"rule": r, "reason": why} for r, why in job.waived],
+    }
+
+
 def fragments(catalog: Catalog, job: Job) -> list[KasRef | str]:
     """Every kas file of the job, in the distro's include order."""
     dfile = catalog.distros[job.distro]
