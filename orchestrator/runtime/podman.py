@@ -131,7 +131,9 @@ class PodmanRuntime:
         # root first (in rootless podman that is the caller); the entrypoint switches user
         args += ["--user", "root"]
         if self.rootless:
-            args += ["--userns", "keep-id"]
+            # keep-id maps the caller's uid to itself; --passwd=false stops podman adding a passwd
+            # entry for it with HOME=/ (the entrypoint then makes 'builder' with /home/builder)
+            args += ["--userns", "keep-id", "--passwd=false"]
         if spec.privileged:
             args += ["--privileged"]
         if spec.entrypoint:
@@ -155,7 +157,7 @@ class PodmanRuntime:
     def reproducer_flags(self) -> list[str]:
         """What `podman run` needs here besides the build's own flags (for reproducer.sh)."""
         flags = [f"--runtime {self.podman[2]}"] if len(self.podman) > 2 else []
-        return flags + (["--userns keep-id"] if self.rootless else [])
+        return flags + (["--userns keep-id", "--passwd=false"] if self.rootless else [])
 
     def leftovers(self, session: str) -> list[str]:
         out = self._run("ps", "-a", "--filter", f"label={LABEL}.session={session}", "--format", "{{.Names}}")
