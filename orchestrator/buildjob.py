@@ -412,7 +412,7 @@ def run_build(
             raise
         return result
     result.exit_code = code
-    if killed or code == 130:
+    if killed:
         result.status, result.error = INTERRUPTED, "interrupted"
     elif code == 0:
         artifacts, problems = collect(ctx.catalog, job, job_dir)

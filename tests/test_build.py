@@ -370,3 +370,25 @@ def test_rootless_podman_build_belongs_to_the_caller(world: World, tmp_path: Pat
     assert [p for p in out.rglob("*") if p.lstat().st_uid != pw.pw_uid] == []  # no subordinate uid anywhere
     left = as_user("podman", "ps", "-a", "--filter", "label=org.cip-project.cipbuild", "--format", "{{.Names}}")
     assert left.returncode == 0 and left.stdout.strip() == ""
+
+
+def test_an_image_like_kas_isar_with_its_own_builder_user_works(docker_engine: str, world: World) -> None:
+    """The official kas images end with `USER builder` (uid 30000) and have that account already."""
+    import io
+
+    import docker
+
+    dockerfile = (
+        f"FROM {BUILDER_IMAGE}\n"
+        "RUN groupadd -g 30000 builder && useradd -u 30000 -g builder -m -d /builder builder\n"
+        "USER builder\n"
+    )
+    client = docker.from_env()
+    client.images.build(
+        fileobj=io.BytesIO(dockerfile.encode()), tag="cipbuild-test:kaslike", network_mode="none", rm=True
+    )
+    args = world.args("isar-bookworm-qemu-arm64", "--json")
+    args[args.index(BUILDER_IMAGE)] = "cipbuild-test:kaslike"
+    proc = subprocess.run(args, capture_output=True, text=True, check=False, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert results(proc)["isar-bookworm-qemu-arm64"]["status"] == "success"
