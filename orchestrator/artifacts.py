@@ -43,14 +43,6 @@ def rules_for(catalog: Catalog, job: Job) -> list[ArtifactRule]:
     return [r for r in rules if set(r.when) <= have and not set(r.unless) & have]
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def deploy_dir_of(job_dir: Path, machine: str) -> Path:
     return job_dir / "build" / "tmp" / "deploy" / "images" / machine
 

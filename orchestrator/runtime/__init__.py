@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -58,12 +58,6 @@ class Runtime(Protocol):
 
     def leftovers(self, session: str) -> list[str]:
         """Containers of a cipbuild session still known to the engine (should be none)."""
-
-
-def run_to_end(handle: Handle, on_line: Callable[[str], None]) -> int:
-    for line in handle.lines():
-        on_line(line)
-    return handle.wait()
 
 
 def pick_runtime(name: str) -> Runtime:
