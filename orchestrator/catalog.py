@@ -304,7 +304,14 @@ def _load_catalog(root: Path) -> Catalog:
             shown(root / "distros"), None, "the catalogue defines no distro", hint="add distros/<name>.yml"
         )
     # the default distro is listed first
-    distros = dict(sorted(distros.items(), key=lambda kv: (not _is_default(docs, root, kv[0]), kv[0])))
+    defaults = [name for name, d in distros.items() if d.default]
+    if len(defaults) > 1:
+        second = docs[root / "distros" / f"{defaults[1]}.yml"]
+        raise second.error(
+            ("default",), f"both {defaults[0]} and {defaults[1]} say default: true", "one distro at most is the default"
+        )
+    # the default distro first; without one, the first by name
+    distros = dict(sorted(distros.items(), key=lambda kv: (not kv[1].default, kv[0])))
     boards = load_kind("boards", BoardFile)
     options = load_kind("options", OptionFile)
     repos_path = root / "kas" / "repos.yml"
@@ -315,11 +322,6 @@ def _load_catalog(root: Path) -> Catalog:
     catalog = Catalog(root, boards, options, distros, repos, recipe_files, docs)
     check_catalog(catalog)
     return catalog
-
-
-def _is_default(docs: dict[Path, YamlDoc], root: Path, name: str) -> bool:
-    doc = docs[root / "distros" / f"{name}.yml"]
-    return isinstance(doc.data, dict) and doc.data.get("default_release") is not None and name == "isar"
 
 
 def _yaml_files(folder: Path) -> list[Path]:

@@ -189,6 +189,7 @@ class DistroFile(Model):
     """distros/<name>.yml: a build flavour of CIP Core (isar-cip-core, deby)."""
 
     description: str
+    default: bool = Field(default=False, description="the distro a job gets when none is named (one at most)")
     build_system: Literal["isar", "openembedded"]
     repos: list[Name] = Field(min_length=1, description="repositories of kas/repos.yml this distro uses")
     base: list[KasFragment] = Field(min_length=1, description="kas files every job includes first")

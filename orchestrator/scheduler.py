@@ -55,6 +55,7 @@ class Scheduler:
         self.handles: dict[str, Handle] = {}
         self.lock = threading.Lock()
         self.cancelled = threading.Event()
+        self.prepared: dict[str, tuple[dict[str, object], str]] = {}
 
     def run(self, jobs: list[Job]) -> list[BuildResult]:
         results: dict[str, BuildResult] = {}
@@ -77,7 +78,6 @@ class Scheduler:
 
     def _run(self, jobs: list[Job], results: dict[str, BuildResult]) -> None:
         pending: list[Job] = []
-        self.prepared: dict[str, tuple[dict[str, object], str]] = {}
         for job in jobs:
             self.on_event(job.id, "checking", "")
             try:

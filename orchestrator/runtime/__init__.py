@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,26 @@ class Runtime(Protocol):
 
     def leftovers(self, session: str) -> list[str]:
         """Containers of a cipbuild session still known to the engine (should be none)."""
+
+
+def spawn(argv: Sequence[str], env: dict[str, str], cwd: Path | None = None) -> subprocess.Popen[str]:
+    """A child in a session of its own (so its whole group can be killed), stderr into stdout."""
+    return subprocess.Popen(
+        list(argv),
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        start_new_session=True,
+    )
+
+
+def output_lines(proc: subprocess.Popen[str]) -> Iterator[str]:
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        yield line.rstrip("\n")
 
 
 def pick_runtime(name: str) -> Runtime:

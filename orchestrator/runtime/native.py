@@ -9,7 +9,7 @@ import subprocess
 from collections.abc import Iterator
 
 from ..errors import InfrastructureError
-from . import RunSpec
+from . import RunSpec, output_lines, spawn
 
 # Only what a shell needs comes from cipbuild's own environment (never credentials).
 HOST_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TERM", "USER", "LOGNAME")
@@ -21,9 +21,7 @@ class NativeHandle:
         self.killed = False
 
     def lines(self) -> Iterator[str]:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            yield line.rstrip("\n")
+        return output_lines(self.proc)
 
     def wait(self) -> int:
         code = self.proc.wait()
@@ -57,16 +55,7 @@ class NativeRuntime:
         env = {k: v for k, v in os.environ.items() if k in HOST_ENV}
         env.update(spec.env)
         try:
-            proc = subprocess.Popen(
-                list(spec.argv),
-                cwd=spec.workdir,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                errors="replace",
-                start_new_session=True,
-            )
+            proc = spawn(spec.argv, env, spec.workdir)
         except OSError as exc:
             raise InfrastructureError(f"cannot start {spec.argv[0]}: {exc}") from None
         return NativeHandle(proc)

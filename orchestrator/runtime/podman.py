@@ -10,10 +10,9 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
-from typing import IO
 
 from ..errors import InfrastructureError
-from . import LABEL, RunSpec
+from . import LABEL, RunSpec, output_lines, spawn
 
 # crun cannot set up cgroups on some hosts (hybrid mode); runc can. CIPBUILD_PODMAN_RUNTIME overrides.
 DEFAULT_OCI_RUNTIME = "runc"
@@ -32,10 +31,7 @@ class PodmanHandle:
         self.engine_failed = False
 
     def lines(self) -> Iterator[str]:
-        stream: IO[str] | None = self.proc.stdout
-        assert stream is not None
-        for line in stream:
-            yield line.rstrip("\n")
+        return output_lines(self.proc)
 
     def wait(self) -> int:
         code = self.proc.wait()
@@ -140,15 +136,7 @@ class PodmanRuntime:
             args += ["--entrypoint", json.dumps(list(spec.entrypoint))]
         args += [str(spec.image), *spec.argv]
         try:
-            proc = subprocess.Popen(
-                args,
-                env={**os.environ, **spec.env},
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                errors="replace",
-                start_new_session=True,
-            )
+            proc = spawn(args, {**os.environ, **spec.env})
         except OSError as exc:
             raise InfrastructureError(f"podman: {exc}") from None
         return PodmanHandle(self.podman, name, proc)
