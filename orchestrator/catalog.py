@@ -48,11 +48,18 @@ def default_catalog_dir() -> Path:
     return packaged if packaged.is_dir() else here.parent
 
 
-def catalog_dir(explicit: Path | None) -> Path:
-    if explicit is not None:
-        return explicit
-    from_env = os.environ.get(ENV_CATALOG)
-    return Path(from_env) if from_env else default_catalog_dir()
+def catalog_dir(explicit: str | None) -> Path:
+    """The folder --catalog or CIPBUILD_CATALOG names, else the built-in catalogue. An empty
+    value is refused: it would silently mean the current folder or the built-in catalogue."""
+    for where, value in (("--catalog", explicit), (ENV_CATALOG, os.environ.get(ENV_CATALOG))):
+        if value is None:
+            continue
+        if not value.strip():
+            unset = f", or unset {ENV_CATALOG} for the built-in one" if where == ENV_CATALOG else ""
+            hint = "name a catalogue folder" + unset
+            raise UserError("is empty", where=where, hint=hint)
+        return Path(value)
+    return default_catalog_dir()
 
 
 def suggest(word: str, choices: Iterable[str]) -> str | None:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -9,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from . import __version__
-from .errors import CipbuildError, UserError
+from .errors import CipbuildError, InfrastructureError, UserError
 from .output import print_json, print_line, print_table
 
 if TYPE_CHECKING:
@@ -29,7 +33,7 @@ app = typer.Typer(
 
 
 class State:
-    catalog_dir: Path | None = None
+    catalog_dir: str | None = None
 
 
 STATE = State()
@@ -46,12 +50,12 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     catalog: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "--catalog",
-            envvar="CIPBUILD_CATALOG",
             metavar="DIR",
-            help="Catalogue folder (boards/ options/ distros/ recipes/ kas/) to use instead of the built-in one.",
+            help="Catalogue folder (boards/ options/ distros/ recipes/ kas/) to use instead of the built-in one "
+            "[env var: CIPBUILD_CATALOG].",
         ),
     ] = None,
     version: Annotated[
@@ -130,6 +134,16 @@ def _selection(
 ) -> Any:
     from .matrix import Selection
 
+    for flag, values in (
+        ("--board", boards),
+        ("--distro", distros),
+        ("--release", releases),
+        ("--kernel", kernels),
+        ("--option", opts),
+        ("JOB_ID", job_ids),
+    ):
+        if any(not v.strip() for v in values or ()):
+            raise UserError("an empty value selects nothing", where=flag, hint="give a name, or leave the flag out")
     return Selection(
         tuple(distros or ()),
         tuple(boards or ()),
@@ -138,6 +152,13 @@ def _selection(
         tuple(opts or ()),
         tuple(job_ids or ()),
     )
+
+
+def _check_recipe_flag(recipe: str | None, everything: bool) -> None:
+    if recipe is not None and not recipe.strip():
+        raise UserError("an empty recipe name", where="--recipe", hint="`cipbuild recipes` lists them")
+    if recipe is not None and everything:
+        raise UserError("--all expands the whole catalogue, --recipe one recipe: give one of them", where="--recipe")
 
 
 RecipeOpt = Annotated[
@@ -186,6 +207,7 @@ def plan(
     """
     from .matrix import make_plan
 
+    _check_recipe_flag(recipe, everything)
     cat = _catalog()
     sel = _selection(board, distro, release, kernel, option, job_ids)
     result = make_plan(cat, recipe=recipe, everything=everything, sel=sel)
@@ -318,8 +340,6 @@ def _images(cat: Catalog, image: str | None) -> dict[str, str]:
 
 
 def _in_ci() -> bool:
-    import os
-
     return bool(os.environ.get("CI"))
 
 
@@ -366,7 +386,6 @@ def build(
     reproducer.sh and artifacts/. A job whose inputs did not change since its last successful
     build is not rebuilt. Exit codes: 0 built, 3 a build failed, 4 infrastructure, 130 interrupted.
     """
-    import os
     import uuid
 
     from .buildjob import BuildContext
@@ -375,6 +394,7 @@ def build(
     from .runtime import pick_runtime
     from .scheduler import Options, Scheduler, exit_code
 
+    _check_recipe_flag(recipe, False)
     cat = _catalog()
     sel = _selection(board, distro, release, kernel, option, job_ids)
     if recipe is None and sel.is_empty():
@@ -468,16 +488,76 @@ def image_build(
 
 
 def main() -> None:
+    guard = _GuardedStdout(sys.stdout)
+    sys.stdout = guard
+    try:
+        code = _run()
+        guard.flush()
+    except OutputError as exc:
+        code = _output_failed(exc)
+    finally:
+        sys.stdout = guard.inner
+    sys.exit(code)
+
+
+def _run() -> int:
     try:
         app()
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except OutputError:
+        raise
     except CipbuildError as exc:
         if exc.exit_code == 1:
             raise
         sys.stderr.write(f"cipbuild: error: {exc}\n")
-        sys.exit(exc.exit_code)
+        return exc.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("cipbuild: interrupted\n")
-        sys.exit(130)
+        return 130
+    return 0
+
+
+class OutputError(InfrastructureError):
+    """Standard output cannot be written (a full disk, a closed pipe)."""
+
+    def __init__(self, cause: OSError):
+        self.errno = cause.errno
+        super().__init__(f"cannot write to standard output: {cause.strerror or cause}")
+
+
+class _GuardedStdout:
+    """Standard output whose write errors become one OutputError instead of a traceback (or
+    Python's "Exception ignored" at exit)."""
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+
+    def write(self, text: str) -> int:
+        try:
+            return int(self.inner.write(text))
+        except OSError as exc:
+            raise OutputError(exc) from None
+
+    def flush(self) -> None:
+        try:
+            self.inner.flush()
+        except OSError as exc:
+            raise OutputError(exc) from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def _output_failed(exc: OutputError) -> int:
+    # Nothing more can reach the reader; keep the interpreter's final flush from failing again.
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    if exc.errno == errno.EPIPE:
+        return 128 + signal.SIGPIPE  # the reader stopped reading, as `| head` does: no message
+    sys.stderr.write(f"cipbuild: error: {exc}\n")
+    return exc.exit_code
 
 
 def _count(n: int, noun: str) -> str:
