@@ -12,7 +12,7 @@ import hashlib
 import os
 import pickle
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -157,6 +157,7 @@ class Catalog:
     repos: ReposFile
     recipe_files: dict[str, Path]
     docs: dict[Path, YamlDoc] = field(default_factory=dict, repr=False)
+    files: dict[tuple[str, str], Path] = field(default_factory=dict, repr=False)  # (folder, name) -> file
     _recipes: dict[str, RecipeFile] = field(default_factory=dict, repr=False)
 
     @property
@@ -258,12 +259,27 @@ def _cache_file(root: Path) -> Path | None:
             folder = root / part
             if folder.is_dir():
                 for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-                    digest.update(f"{path.relative_to(root)}\0".encode() + path.read_bytes())
+                    digest.update(f"{path.relative_to(root)}\0".encode())
+                    _hash_into(digest, path)
         for path in code:
-            digest.update(path.read_bytes())
+            _hash_into(digest, path)
     except OSError:
         return None
     return Path(base) / "cipbuild" / f"catalog-{digest.hexdigest()[:32]}.pickle"
+
+
+def _hash_into(digest: Any, path: Path) -> None:
+    """Add a file's bytes in chunks. A file too large to be a catalogue file (the loader refuses
+    those) is keyed by its size, mtime and inode instead of being read."""
+    from .yamlfile import MAX_BYTES
+
+    st = path.stat()
+    if st.st_size > MAX_BYTES:
+        digest.update(f"large\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\0".encode())
+        return
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 16):
+            digest.update(chunk)
 
 
 def _prune_cache(keep: Path, entries: int = 8) -> None:
@@ -291,18 +307,15 @@ def _load_catalog(root: Path) -> Catalog:
         except ValueError:
             return str(path)
 
+    files: dict[tuple[str, str], Path] = {}
+
     def load_kind(folder: str, model: type[M]) -> dict[str, M]:
         out: dict[str, M] = {}
-        for path in _yaml_files(root / folder):
+        for name, path in catalogue_files(root, folder, shown).items():
             doc = load_yaml(path, display=shown(path))
-            if not is_name(path.stem):
-                raise doc.error(
-                    (),
-                    f"file name '{path.stem}' is not a valid name",
-                    "use lower-case letters, digits, '.', '+' and '-'",
-                )
             docs[path] = doc
-            out[path.stem] = validate(doc, model)
+            files[(folder, name)] = path
+            out[name] = validate(doc, model)
         return out
 
     distros = load_kind("distros", DistroFile)
@@ -313,7 +326,7 @@ def _load_catalog(root: Path) -> Catalog:
     # the default distro is listed first
     defaults = [name for name, d in distros.items() if d.default]
     if len(defaults) > 1:
-        second = docs[root / "distros" / f"{defaults[1]}.yml"]
+        second = docs[files[("distros", defaults[1])]]
         raise second.error(
             ("default",), f"both {defaults[0]} and {defaults[1]} say default: true", "one distro at most is the default"
         )
@@ -322,33 +335,66 @@ def _load_catalog(root: Path) -> Catalog:
     boards = load_kind("boards", BoardFile)
     options = load_kind("options", OptionFile)
     repos_path = root / "kas" / "repos.yml"
+    _refuse_outside(root, repos_path, shown(repos_path))
     repos_doc = load_yaml(repos_path, display=shown(repos_path))
     docs[repos_path] = repos_doc
     repos = validate(repos_doc, ReposFile)
-    recipe_files = {p.stem: p for p in _yaml_files(root / "recipes")}
-    catalog = Catalog(root, boards, options, distros, repos, recipe_files, docs)
+    recipe_files = catalogue_files(root, "recipes", shown)
+    catalog = Catalog(root, boards, options, distros, repos, recipe_files, docs, files)
     check_catalog(catalog)
     return catalog
 
 
-def _yaml_files(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if p.suffix in (".yml", ".yaml") and p.is_file())
+YAML_SUFFIXES = (".yml", ".yaml")
+
+
+def catalogue_files(root: Path, folder: str, shown: Callable[[Path], str]) -> dict[str, Path]:
+    """name -> file of one catalogue folder. ``x.yml`` and ``x.yaml`` are one name: both present
+    is refused, as is a name that is not a valid name or a file that leads outside the catalogue."""
+    found: dict[str, Path] = {}
+    where = root / folder
+    if not where.is_dir():
+        return found
+    for path in sorted(p for p in where.iterdir() if p.suffix in YAML_SUFFIXES):
+        if not path.is_file():
+            continue
+        _refuse_outside(root, path, shown(path))
+        if not is_name(path.stem):
+            raise ConfigError(
+                shown(path),
+                None,
+                f"file name '{path.stem}' is not a valid name",
+                hint="use lower-case letters and digits joined by single '.', '+' or '-'",
+            )
+        if path.stem in found:
+            raise ConfigError(
+                shown(path),
+                None,
+                f"'{path.stem}' is defined here and in {shown(found[path.stem])}",
+                hint="keep one of the two files",
+            )
+        found[path.stem] = path
+    return found
+
+
+def _refuse_outside(root: Path, path: Path, shown: str) -> None:
+    """A catalogue file (or a symlink on its way) must not lead out of the catalogue folder."""
+    real, top = Path(os.path.realpath(path)), Path(os.path.realpath(root))
+    if not real.is_relative_to(top):
+        raise ConfigError(shown, None, f"leads outside the catalogue folder (to {real})", hint="copy the file in")
 
 
 def _doc(catalog: Catalog, folder: str, name: str) -> YamlDoc:
-    return catalog.docs[catalog.root / folder / f"{name}.yml"]
+    return catalog.docs[catalog.files[(folder, name)]]
 
 
 def check_catalog(catalog: Catalog) -> None:
-    """Cross-file checks: every name a file uses must exist, every local kas fragment too."""
+    """Cross-file checks: every name a file uses must exist, every local kas fragment too, no
+    implies cycle, and no two jobs with one id."""
     for name in catalog.options:
-        if _is_concatenation(name, set(catalog.options) - {name}):
+        if name in ORDER_KEYWORDS:
             raise _doc(catalog, "options", name).error(
-                (),
-                f"option name '{name}' is other option names joined by '-'",
-                "job ids would be ambiguous; choose another name",
+                (), f"'{name}' cannot name an option: it is a keyword of a distro's order", "choose another name"
             )
 
     for name, distro in catalog.distros.items():
@@ -423,14 +469,84 @@ def check_catalog(catalog: Catalog) -> None:
                         raise doc.error(
                             ("distros", dname, key, i), f"'{other}' is not an option of {dname}", suggest(other, own)
                         )
+    _check_implies_cycles(catalog)
+    _check_job_ids(catalog)
 
 
-def _is_concatenation(name: str, others: set[str]) -> bool:
-    parts = name.split("-")
-    return any(
-        "-".join(parts[:i]) in others
-        and ("-".join(parts[i:]) in others or _is_concatenation("-".join(parts[i:]), others))
-        for i in range(1, len(parts))
+ORDER_KEYWORDS = ("board", "release", "kernel")
+
+
+def _check_implies_cycles(catalog: Catalog) -> None:
+    """An option that implies itself through others would make 'implies' order-dependent."""
+    for dname in catalog.distros:
+        graph = {o: catalog.options[o].distros[dname].implies for o in catalog.options_of(dname)}
+        cycle = _find_cycle(graph)
+        if cycle:
+            doc = _doc(catalog, "options", cycle[0])
+            index = graph[cycle[0]].index(cycle[1])
+            raise doc.error(
+                ("distros", dname, "implies", index),
+                f"implies cycle in {dname}: {' -> '.join([*cycle, cycle[0]])}",
+                "an option cannot imply itself through others; drop one of these implies",
+            )
+
+
+def _find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
+    """One cycle of a directed graph (iterative depth-first search, linear in its size)."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    for root, first in graph.items():
+        if root in state:
+            continue
+        path: list[str] = [root]
+        state[root] = 1
+        stack = [iter(first)]
+        while stack:
+            nxt = next(stack[-1], None)
+            if nxt is None:
+                state[path.pop()] = 2
+                stack.pop()
+            elif state.get(nxt) == 1:
+                return path[path.index(nxt) :]
+            elif nxt not in state and nxt in graph:
+                state[nxt] = 1
+                path.append(nxt)
+                stack.append(iter(graph[nxt]))
+    return None
+
+
+def _check_job_ids(catalog: Catalog) -> None:
+    """Refuse a catalogue in which two different jobs would get one id (and one out folder)."""
+    from .jobids import IdGrammar, describe, find_collision
+
+    grammars = [
+        IdGrammar(
+            dname,
+            list(d.releases),
+            sorted(b for b, f in catalog.boards.items() if dname in f.distros),
+            list(d.kernels),
+            catalog.options_of(dname),
+        )
+        for dname, d in catalog.distros.items()
+    ]
+    found = find_collision(grammars)
+    if found is None:
+        return
+    distro = found.first[0][1]
+
+    def file_of(token: tuple[str, str]) -> str:
+        what, name = token
+        folder = {"board": "boards", "option": "options"}.get(what, "distros")
+        path = catalog.files[(folder, distro if folder == "distros" else name)]
+        return catalog._shown(path)
+
+    differ = [t for t in (*found.first, *found.second) if t not in found.first or t not in found.second]
+    files = list(dict.fromkeys(file_of(t) for t in differ))
+    raise ConfigError(
+        files[-1],
+        None,
+        f"job id '{found.job_id}' would name two different jobs: {describe(found.first)}; and "
+        f"{describe(found.second)} (see {' and '.join(files)})",
+        hint="rename one of them so that no id can be read two ways",
     )
 
 
@@ -460,6 +576,12 @@ def _check_fragments(
                 (*loc, i),
                 f"kas fragment '{frag}' does not exist in {catalog.root}",
                 suggest(frag, [str(p.relative_to(catalog.root)) for p in (catalog.root / "kas").rglob("*.yml")]),
+            )
+        elif not Path(os.path.realpath(catalog.root / frag)).is_relative_to(os.path.realpath(catalog.root)):
+            raise doc.error(
+                (*loc, i),
+                f"kas fragment '{frag}' leads outside the catalogue folder",
+                "copy the file into kas/ instead of linking to it",
             )
 
 
@@ -500,6 +622,26 @@ def check_recipe(catalog: Catalog, doc: YamlDoc, recipe: RecipeFile) -> None:
 
     all_releases = {r for d in catalog.distros.values() for r in d.releases}
     all_kernels = {k for d in catalog.distros.values() for k in d.kernels}
+    defaults = recipe.defaults
+    if defaults.distro is not None and defaults.distro not in catalog.distros:
+        raise doc.error(
+            ("defaults", "distro"), f"unknown distro '{defaults.distro}'", suggest(defaults.distro, catalog.distros)
+        )
+    used = {defaults.distro or catalog.default_distro}
+    used.update(d for m in recipe.matrix for d in m.distro or [])
+    used.update(spec.distro for spec in recipe.include if spec.distro)
+    used_releases = {r for d in used if d in catalog.distros for r in catalog.distros[d].releases}
+    if defaults.release is not None and defaults.release not in used_releases:
+        raise doc.error(
+            ("defaults", "release"),
+            f"unknown release '{defaults.release}' (the recipe's distros {', '.join(sorted(used))} have "
+            f"{', '.join(sorted(used_releases))})",
+            suggest(defaults.release, used_releases),
+        )
+    if defaults.kernel != "default" and defaults.kernel not in all_kernels:
+        raise doc.error(
+            ("defaults", "kernel"), f"unknown kernel '{defaults.kernel}'", suggest(defaults.kernel, all_kernels)
+        )
     single = isinstance(doc.data, dict) and isinstance(doc.data.get("matrix"), dict)
     for n, m in enumerate(recipe.matrix):
         at: tuple[str | int, ...] = ("matrix",) if single else ("matrix", n)

@@ -7,12 +7,69 @@ These are the edge of cipbuild (YAML in); ``catalog.py`` loads them, ``matrix.py
 from __future__ import annotations
 
 import re
+import string
+from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-NAME = r"^[a-z0-9][a-z0-9.+-]*$"
-Name = Annotated[str, Field(pattern=NAME, description="lower-case name: letters, digits, '.', '+', '-'")]
+# One pattern for every name that becomes part of a job id, a folder or a file name: no '/', no
+# leading, trailing or doubled separator, so a name is never a path and ids split cleanly on '-'.
+NAME = r"^[a-z0-9]+(?:[.+-][a-z0-9]+)*$"
+Name = Annotated[
+    str,
+    Field(
+        pattern=NAME,
+        description="lower-case name: letters and digits, joined by single '.', '+' or '-'",
+    ),
+]
+# bitbake's own names (MACHINE, DISTRO, image recipes) end up in deploy paths and globs.
+BITBAKE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._+-]*$"
+BitbakeName = Annotated[
+    str, Field(pattern=BITBAKE_NAME, description="a bitbake name: letters, digits, '.', '_', '+', '-'")
+]
+
+
+def template_problem(template: str, allowed: tuple[str, ...]) -> str | None:
+    """Why ``template`` is not a plain format string over ``allowed`` fields, or None."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        return f"not a valid template ({exc}); write a literal brace as {{{{ or }}}}"
+    fields = ", ".join("{" + f + "}" for f in allowed)
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if any(c in name for c in ".[]"):
+            return f"{{{name}}} uses attribute or index access; only plain fields are allowed: {fields}"
+        if name not in allowed:
+            return f"unknown field {{{name}}}; it may use {fields}"
+        if spec or conversion:
+            return f"{{{name}}} takes no conversion or format spec; write it as {{{name}}}"
+    return None
+
+
+def _template(*allowed: str) -> AfterValidator:
+    def check(value: str) -> str:
+        problem = template_problem(value, allowed)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    return AfterValidator(check)
+
+
+def _relative_path(value: str) -> str:
+    """A path that stays inside the folder it is relative to."""
+    path = PurePosixPath(value)
+    if path.is_absolute() or ".." in path.parts or "\\" in value:
+        raise ValueError(f"'{value}' must be a relative path inside its folder (no leading '/', no '..')")
+    return value
+
+
+RelativePath = Annotated[str, Field(min_length=1), AfterValidator(_relative_path)]
+IMAGE_FIELDS = ("target", "distro", "machine", "release", "suffix")
+ARTIFACT_FIELDS = ("image", "rootfs", "machine")
 Version = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)*$", description="a version like 6.1 or 5.10")]
 Arch = Literal["amd64", "arm64", "armhf", "riscv64", "i386"]
 ArtifactType = Literal[
@@ -46,7 +103,7 @@ class KasRef(Model):
     """A kas file inside a pinned upstream repository, included with a kas cross-repo include."""
 
     repo: Name = Field(description="name of a repository pinned in kas/repos.yml")
-    file: str = Field(min_length=1, description="path of the kas file inside that repository")
+    file: RelativePath = Field(description="path of the kas file inside that repository")
 
     def __str__(self) -> str:
         return f"{self.repo}:{self.file}"
@@ -63,7 +120,7 @@ class ArtifactRule(Model):
     {rootfs} and {machine}. ``when``/``unless`` see the job's options with what they imply."""
 
     type: ArtifactType
-    glob: str = Field(min_length=1)
+    glob: Annotated[RelativePath, _template(*ARTIFACT_FIELDS)]
     required: bool = Field(default=True, description="a build that lacks it failed")
     when: list[Name] = Field(default_factory=list, description="only when the job has all these options")
     unless: list[Name] = Field(default_factory=list, description="not when the job has any of these options")
@@ -72,7 +129,7 @@ class ArtifactRule(Model):
 class BoardDistro(Model):
     """What a board is in one distro."""
 
-    machine: str = Field(min_length=1, description="bitbake MACHINE")
+    machine: BitbakeName = Field(description="bitbake MACHINE")
     kas: list[KasFragment] = Field(default_factory=list)
     repos: list[Name] = Field(default_factory=list, description="extra pinned repositories the board's files use")
     artifacts: list[ArtifactRule] = Field(default_factory=list)
@@ -101,8 +158,12 @@ class OptionDistro(Model):
 
     kas: list[KasFragment] = Field(default_factory=list)
     repos: list[Name] = Field(default_factory=list, description="extra pinned repositories the option's files use")
-    target: str | None = Field(default=None, description="the image recipe this option builds instead of the default")
-    image_suffix: str = Field(default="", description="appended to the image name (isar's IMAGE_FULLNAME)")
+    target: BitbakeName | None = Field(
+        default=None, description="the image recipe this option builds instead of the default"
+    )
+    image_suffix: str = Field(
+        default="", pattern=r"^[A-Za-z0-9._+-]*$", description="appended to the image name (isar's IMAGE_FULLNAME)"
+    )
     implies: list[Name] = Field(default_factory=list, description="options this one switches on by itself")
     requires: list[Name] = Field(default_factory=list, description="options a job must also have")
     conflicts: list[Name] = Field(default_factory=list, description="options a job must not also have")
@@ -117,7 +178,7 @@ class OptionFile(Model):
 
 class Release(Model):
     kas: list[KasFragment] = Field(default_factory=list)
-    distro: str = Field(min_length=1, description="bitbake DISTRO for this release")
+    distro: BitbakeName = Field(description="bitbake DISTRO for this release")
     default_kernel: Version
     debian: Version = Field(description="Debian version number")
 
@@ -193,12 +254,15 @@ class DistroFile(Model):
     build_system: Literal["isar", "openembedded"]
     repos: list[Name] = Field(min_length=1, description="repositories of kas/repos.yml this distro uses")
     base: list[KasFragment] = Field(min_length=1, description="kas files every job includes first")
-    target: str = Field(description="default image recipe")
-    image_name: str = Field(
+    target: BitbakeName = Field(description="default image recipe")
+    image_name: Annotated[str, _template(*IMAGE_FIELDS)] = Field(
         default="{target}-{distro}-{machine}{suffix}",
-        description="deployed image base name; {target} {distro} {machine} {suffix} (an option's image_suffix)",
+        description="deployed image base name; {target} {distro} {machine} {release} {suffix} (an option's "
+        "image_suffix)",
     )
-    rootfs_name: str | None = Field(default=None, description="base name of .manifest/.dpkg_status; default image_name")
+    rootfs_name: Annotated[str, _template(*IMAGE_FIELDS)] | None = Field(
+        default=None, description="base name of .manifest/.dpkg_status; default image_name"
+    )
     artifacts: list[ArtifactRule] = Field(default_factory=list, description="deployed by every board")
     builder: str = Field(description="default builder image (kas container), pinned by version and digest")
     default_release: Name

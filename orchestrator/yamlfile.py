@@ -44,11 +44,21 @@ def load_yaml(path: Path, *, display: str | None = None) -> YamlDoc:
     """Parse ``path``; any syntax problem, duplicate key or non-string key is a ConfigError."""
     shown = Path(display) if display else path
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_BYTES + 1)  # never more: the size is checked before parsing
     except OSError as exc:
         raise ConfigError(shown, None, f"cannot read file: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(shown, None, "not UTF-8 text") from None
+    if len(raw) > MAX_BYTES:
+        raise ConfigError(
+            shown,
+            None,
+            f"file is larger than {MAX_BYTES // (1 << 20)} MiB; no catalogue file comes near that",
+            hint="is this the file you meant? split it, or move data out of the catalogue",
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(shown, raw[: exc.start].count(b"\n") + 1, "not UTF-8 text") from None
     loader = _Loader(text)
     try:
         node = loader.get_single_node()
@@ -73,7 +83,9 @@ def load_yaml(path: Path, *, display: str | None = None) -> YamlDoc:
     return YamlDoc(shown, data, builder.lines)
 
 
-# No catalogue file comes near this; YAML aliases could otherwise expand without bound.
+# No catalogue file comes near these. Bounding bytes before parsing keeps a huge file cheap to
+# refuse; bounding nodes stops aliases from expanding without bound.
+MAX_BYTES = 1 << 20
 MAX_NODES = 100_000
 
 
@@ -86,16 +98,23 @@ class _Builder:
         self.lines: dict[Path_, int] = {}
         self.nodes = 0
         self.open: set[int] = set()
+        self.built: set[int] = set()
+        self.aliased = False
 
     def build(self, node: yaml.Node, loc: Path_) -> Any:
         self.nodes += 1
+        if id(node) in self.built:
+            self.aliased = True
+        self.built.add(id(node))
         if self.nodes > MAX_NODES:
-            raise ConfigError(
-                self.path,
-                node.start_mark.line + 1,
-                "YAML expands to too much data",
-                hint="check the aliases (*name) in this file",
-            )
+            if self.aliased:
+                raise ConfigError(
+                    self.path,
+                    node.start_mark.line + 1,
+                    f"YAML expands to more than {MAX_NODES} values through its aliases",
+                    hint="check the aliases (*name) in this file",
+                )
+            raise ConfigError(self.path, node.start_mark.line + 1, f"file has more than {MAX_NODES} values")
         if id(node) in self.open:
             raise ConfigError(self.path, node.start_mark.line + 1, "YAML alias refers to itself")
         if isinstance(node, yaml.MappingNode):

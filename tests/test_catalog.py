@@ -137,7 +137,11 @@ def test_commit_must_be_a_full_sha(catalog_copy: Path) -> None:
 
 def test_ambiguous_option_name_is_refused(catalog_copy: Path) -> None:
     shutil.copy(catalog_copy / "options" / "rt.yml", catalog_copy / "options" / "rt-test.yml")
-    assert "option name 'rt-test' is other option names joined by '-'" in error_of(catalog_copy)
+    edit(catalog_copy / "distros" / "isar.yml", "swupdate-2022.12]", "swupdate-2022.12, rt-test]")
+    msg = error_of(catalog_copy)
+    assert "job id 'isar-buster-bbb-rt-test' would name two different jobs" in msg
+    assert "option rt, option test" in msg and "option rt-test" in msg
+    assert "options/rt-test.yml" in msg and "options/rt.yml" in msg and "options/test.yml" in msg
 
 
 # --- random edits never crash the loader -----------------------------------------------------

@@ -4,6 +4,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import yaml
 from conftest import Result
 
@@ -119,3 +120,46 @@ def test_kas_of_a_waived_job_says_why_it_builds(cli: Cli) -> None:
 
 def test_build_without_a_selection_asks_what_to_build(cli: Cli) -> None:
     assert "say what to build" in one_line_error(cli("build"))
+
+
+def test_write_error_on_stdout_is_one_line() -> None:
+    import subprocess
+    import sys
+
+    with open("/dev/full", "w") as full:
+        res = subprocess.run(
+            [sys.executable, "-m", "orchestrator", "boards"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            check=False,
+        )
+    assert res.returncode == 4
+    assert res.stderr == "cipbuild: error: cannot write to standard output: No space left on device\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["plan", "-r", ""], "--recipe: an empty recipe name"),
+        (["build", "-r", " "], "--recipe: an empty recipe name"),
+        (["plan", "--all", "-r", "ci"], "--recipe: --all expands the whole catalogue, --recipe one recipe"),
+        (["plan", "-b", ""], "--board: an empty value selects nothing"),
+        (["plan", "-o", "security", "-o", ""], "--option: an empty value selects nothing"),
+        (["plan", ""], "JOB_ID: an empty value selects nothing"),
+        (["--catalog", "", "boards"], "--catalog: is empty"),
+    ],
+)
+def test_empty_or_contradictory_selectors_name_the_flag(cli: Cli, args: list[str], message: str) -> None:
+    res = cli(*args)
+    assert res.code == 2 and res.err.startswith(f"cipbuild: error: {message}") and res.err.count("\n") == 1
+
+
+def test_empty_catalogue_variable_is_refused(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CIPBUILD_CATALOG", "")
+    res = cli("boards")
+    assert res.code == 2
+    assert res.err == (
+        "cipbuild: error: CIPBUILD_CATALOG: is empty (name a catalogue folder, or unset CIPBUILD_CATALOG for the "
+        "built-in one)\n"
+    )

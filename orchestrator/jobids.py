@@ -1,0 +1,134 @@
+"""The job id grammar, and the proof that a catalogue's ids cannot collide.
+
+A job id is ``distro-release-board[-k<kernel>][-option...]`` with the options in the distro's
+``order``. Names may contain '-' themselves, so two different jobs could join to the same text
+(board ``qemu-amd64-rt`` and board ``qemu-amd64`` with option ``rt``). Every id is a word over
+the '-'-separated segments, accepted by a small automaton with one path per job; ids collide
+exactly when that automaton is ambiguous, which a search over pairs of its states decides in
+polynomial time (no enumeration of jobs). A collision comes back as the id and both jobs.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+Token = tuple[str, str]  # (what, name): ("distro", "isar"), ("board", "qemu-amd64"), ("kernel", "6.1"), ...
+
+
+@dataclass(frozen=True)
+class IdGrammar:
+    """What one distro puts into its job ids."""
+
+    distro: str
+    releases: Sequence[str]
+    boards: Sequence[str]
+    kernels: Sequence[str]
+    options: Sequence[str]  # in the distro's order
+
+
+@dataclass(frozen=True)
+class Collision:
+    """Two different jobs whose ids are the same text."""
+
+    job_id: str
+    first: tuple[Token, ...]
+    second: tuple[Token, ...]
+
+
+def kernel_segment(version: str) -> str:
+    return f"k{version}"
+
+
+@dataclass
+class _Automaton:
+    """A nondeterministic automaton over id segments: edges[state][segment] -> [(next, token)]."""
+
+    edges: list[dict[str, list[tuple[int, Token | None]]]] = field(default_factory=lambda: [{}])
+    accepting: set[int] = field(default_factory=set)
+
+    def state(self) -> int:
+        self.edges.append({})
+        return len(self.edges) - 1
+
+    def word(self, start: int, end: int, text: str, token: Token) -> None:
+        """A path spelling ``text`` from ``start`` to ``end``; its own inner states keep it apart."""
+        segments = text.split("-")
+        here = start
+        for i, segment in enumerate(segments):
+            last = i == len(segments) - 1
+            there = end if last else self.state()
+            self.edges[here].setdefault(segment, []).append((there, token if last else None))
+            here = there
+
+
+def _automaton(grammars: Iterable[IdGrammar]) -> _Automaton:
+    auto = _Automaton()
+    for g in grammars:
+        after_distro, after_release, after_board, after_kernel = (auto.state() for _ in range(4))
+        auto.word(0, after_distro, g.distro, ("distro", g.distro))
+        for release in g.releases:
+            auto.word(after_distro, after_release, release, ("release", release))
+        for board in g.boards:
+            auto.word(after_release, after_board, board, ("board", board))
+        for kernel in g.kernels:
+            auto.word(after_board, after_kernel, kernel_segment(kernel), ("kernel", kernel))
+        after_option = [auto.state() for _ in g.options]
+        auto.accepting.update((after_board, after_kernel, *after_option))
+        for i, option in enumerate(g.options):
+            # an option follows the board, the kernel, or any option placed before it
+            for here in (after_board, after_kernel, *after_option[:i]):
+                auto.word(here, after_option[i], option, ("option", option))
+    return auto
+
+
+Pair = tuple[int, int, bool]  # both paths' states, and whether the paths have differed yet
+
+
+def find_collision(grammars: Iterable[IdGrammar]) -> Collision | None:
+    """Two different jobs with one id, or None when every id names one job.
+
+    Walks both paths of the automaton in step over the same segments; the ids collide when
+    both can end together after having been apart (different states or different tokens).
+    """
+    auto = _automaton(grammars)
+    start: Pair = (0, 0, False)
+    parent: dict[Pair, tuple[Pair, str, Token | None, Token | None] | None] = {start: None}
+    todo = deque([start])
+    while todo:
+        pair = todo.popleft()
+        p, q, apart = pair
+        if apart and p in auto.accepting and q in auto.accepting:
+            return _collision(parent, pair)
+        for segment, p_next in auto.edges[p].items():
+            q_next = auto.edges[q].get(segment)
+            if not q_next:
+                continue
+            for p2, p_token in p_next:
+                for q2, q_token in q_next:
+                    step: Pair = (p2, q2, apart or p2 != q2 or p_token != q_token)
+                    if step not in parent:
+                        parent[step] = (pair, segment, p_token, q_token)
+                        todo.append(step)
+    return None
+
+
+def _collision(parent: dict[Pair, tuple[Pair, str, Token | None, Token | None] | None], end: Pair) -> Collision:
+    segments: list[str] = []
+    first: list[Token] = []
+    second: list[Token] = []
+    pair = end
+    while (link := parent[pair]) is not None:
+        pair, segment, p_token, q_token = link
+        segments.append(segment)
+        if p_token:
+            first.append(p_token)
+        if q_token:
+            second.append(q_token)
+    return Collision("-".join(reversed(segments)), tuple(reversed(first)), tuple(reversed(second)))
+
+
+def describe(tokens: Sequence[Token]) -> str:
+    """``distro isar, release bookworm, board qemu-amd64, option rt``."""
+    return ", ".join(f"{what} {name}" for what, name in tokens)
