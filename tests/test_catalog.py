@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from orchestrator.catalog import Catalog, default_catalog_dir, load_catalog
-from orchestrator.errors import ConfigError, UserError
+from orchestrator.errors import UserError
 from orchestrator.models import FILE_KINDS
 from orchestrator.schemas import schema_text
 
@@ -222,8 +222,7 @@ def test_random_catalogue_edits_never_crash(
             expander.expand_recipe(name)
     except UserError as exc:
         text = str(exc)
-        assert "\n" not in text.strip() or isinstance(exc, ConfigError)
-        assert text
+        assert text and "\n" not in text
 
 
 @pytest.mark.parametrize(
@@ -235,7 +234,7 @@ def test_random_catalogue_edits_never_crash(
                 f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10) if i else 'x, x, x, x, x, x, x, x, x, x'}]\n"
                 for i in range(9)
             ),
-            "YAML expands to too much data",
+            "through its aliases (check the aliases (*name) in this file)",
         ),
         ("description: x\x01\n", "control characters are not allowed"),
     ],
