@@ -516,19 +516,9 @@ def _find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
 
 def _check_job_ids(catalog: Catalog) -> None:
     """Refuse a catalogue in which two different jobs would get one id (and one out folder)."""
-    from .jobids import IdGrammar, describe, find_collision
+    from .jobids import describe, find_collision, grammars_of
 
-    grammars = [
-        IdGrammar(
-            dname,
-            list(d.releases),
-            sorted(b for b, f in catalog.boards.items() if dname in f.distros),
-            list(d.kernels),
-            catalog.options_of(dname),
-        )
-        for dname, d in catalog.distros.items()
-    ]
-    found = find_collision(grammars)
+    found = find_collision(grammars_of(catalog))
     if found is None:
         return
     distro = found.first[0][1]

@@ -13,6 +13,10 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .catalog import Catalog
 
 Token = tuple[str, str]  # (what, name): ("distro", "isar"), ("board", "qemu-amd64"), ("kernel", "6.1"), ...
 
@@ -35,6 +39,19 @@ class Collision:
     job_id: str
     first: tuple[Token, ...]
     second: tuple[Token, ...]
+
+
+def grammars_of(catalog: Catalog) -> list[IdGrammar]:
+    return [
+        IdGrammar(
+            dname,
+            list(d.releases),
+            sorted(b for b, f in catalog.boards.items() if dname in f.distros),
+            list(d.kernels),
+            catalog.options_of(dname),
+        )
+        for dname, d in catalog.distros.items()
+    ]
 
 
 def kernel_segment(version: str) -> str:
@@ -63,7 +80,9 @@ class _Automaton:
             here = there
 
 
-def _automaton(grammars: Iterable[IdGrammar]) -> _Automaton:
+def _automaton(grammars: Iterable[IdGrammar], *, ordered: bool = True) -> _Automaton:
+    """One path per job. ``ordered=False`` also takes options in any order (to name the canonical id
+    of a job someone spelled with its options shuffled)."""
     auto = _Automaton()
     for g in grammars:
         after_distro, after_release, after_board, after_kernel = (auto.state() for _ in range(4))
@@ -78,7 +97,8 @@ def _automaton(grammars: Iterable[IdGrammar]) -> _Automaton:
         auto.accepting.update((after_board, after_kernel, *after_option))
         for i, option in enumerate(g.options):
             # an option follows the board, the kernel, or any option placed before it
-            for here in (after_board, after_kernel, *after_option[:i]):
+            before = after_option[:i] if ordered else after_option
+            for here in (after_board, after_kernel, *before):
                 auto.word(here, after_option[i], option, ("option", option))
     return auto
 
@@ -132,3 +152,18 @@ def _collision(parent: dict[Pair, tuple[Pair, str, Token | None, Token | None] |
 def describe(tokens: Sequence[Token]) -> str:
     """``distro isar, release bookworm, board qemu-amd64, option rt``."""
     return ", ".join(f"{what} {name}" for what, name in tokens)
+
+
+def parse(grammars: Iterable[IdGrammar], job_id: str, *, ordered: bool = True) -> tuple[Token, ...] | None:
+    """The parts of ``job_id`` (distro, release, board, kernel, options), or None when the
+    catalogue has no such id. Linear in the id's length: the automaton is run, not backtracked,
+    and since ids cannot collide, at most one path accepts."""
+    auto = _automaton(grammars, ordered=ordered)
+    live: dict[int, tuple[Token, ...]] = {0: ()}
+    for segment in job_id.split("-"):
+        step: dict[int, tuple[Token, ...]] = {}
+        for state, tokens in live.items():
+            for there, token in auto.edges[state].get(segment, []):
+                step.setdefault(there, (*tokens, token) if token else tokens)
+        live = step
+    return next((tokens for state, tokens in live.items() if state in auto.accepting), None)
