@@ -10,6 +10,7 @@ a symlink there when it writes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -18,8 +19,10 @@ import platform
 import re
 import shlex
 import socket
+import stat
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,7 +32,7 @@ from . import __version__
 from .artifacts import Artifact, collect, rules_for
 from .builder import ENTRYPOINT
 from .catalog import Catalog
-from .errors import InfrastructureError
+from .errors import InfrastructureError, UserError
 from .kasfile import job_facts, job_record, render, repos_of
 from .matrix import Job
 from .runtime import LABEL, Handle, RunSpec, Runtime, build_user
@@ -37,6 +40,15 @@ from .runtime import LABEL, Handle, RunSpec, Runtime, build_user
 METADATA_SCHEMA = 1
 TASK_LINE = re.compile(r"Running (?:setscene )?task (\d+) of (\d+)")
 EPOCH_LINE = re.compile(r"^cipbuild: SOURCE_DATE_EPOCH=(\d+)$")
+# run.sh says when it fetches the upstreams (`kas dump --lock` clones them), so that a repository
+# kas could not get then is told apart from a failed build.
+FETCH_START, FETCH_DONE = "cipbuild: fetching upstream repositories", "cipbuild: upstream repositories fetched"
+# How kas 5 reports a repository it could not get: a failed clone (the git command line, then git's
+# own messages on the next lines), or a failed fetch into a clone it already had.
+KAS_CLONE_FAILED = re.compile(r'Command "[^"]*\$ git clone [^"]*?-- (\S+) \S+" failed:')
+KAS_FETCH_FAILED = re.compile(r'Fetching of repo: "([^"]+)" failed: ?(.*)')
+GIT_FATAL = re.compile(r"\bfatal: (.+)")
+GIT_URL = re.compile(r"unable to access '([^']+?)/?'")
 
 # Passed into the builder when set. An allowlist: credentials (AWS_*, LAVA tokens, signing keys)
 # can never reach a build container by accident.
@@ -129,6 +141,42 @@ class BuildResult:
         }
 
 
+@dataclass
+class FetchWatch:
+    """Reads build.log's lines for an upstream that kas could not clone or fetch while run.sh was
+    fetching: that is the network or a wrong URL (infrastructure), not a failed build."""
+
+    repo_urls: dict[str, str]  # repository name in the kas file -> its URL
+    fetching: bool = False
+    url: str = ""
+    reason: str = ""
+
+    def see(self, line: str) -> None:
+        if line == FETCH_START:
+            self.fetching = True
+        elif line == FETCH_DONE:
+            self.fetching = False
+        elif not self.fetching:
+            return
+        elif match := KAS_CLONE_FAILED.search(line):
+            self.url = self.url or match[1]
+        elif match := KAS_FETCH_FAILED.search(line):
+            name, message = match[1], match[2]
+            found = GIT_URL.search(message)
+            self.url = self.url or (found[1] if found else self.repo_urls.get(name, f'repository "{name}"'))
+            self.reason = self.reason or message.removeprefix("fatal: ")
+        elif self.url and not self.reason and (match := GIT_FATAL.search(line)):
+            self.reason = match[1]
+
+    def error(self, log: Path) -> str:
+        """The one line that says which upstream could not be had; empty when none failed."""
+        if not self.url:
+            return ""
+        reason = GIT_URL.sub("", self.reason).lstrip(": ").strip()  # the URL is named already
+        why = f": {reason}" if reason else ""
+        return f"could not fetch upstream {redact(self.url)}{why}; see {log}"
+
+
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -168,6 +216,42 @@ def paths(ctx: BuildContext, job: Job) -> dict[str, Path]:
         "SSTATE_DIR": ctx.cache_dir / "sstate",
         "KAS_REPO_REF_DIR": ctx.cache_dir / "repo-ref",
     }
+
+
+def check_folders(ctx: BuildContext, jobs: Iterable[Job]) -> None:
+    """Refuse, before any job starts, an --out or --cache that cannot be a folder, and a job folder
+    that is not a real folder (a symlink would send job.yml, build.log and artifacts elsewhere)."""
+    for job in jobs:
+        job_dir = paths(ctx, job)["job_dir"]
+        try:
+            mode = os.lstat(job_dir).st_mode
+        except OSError:
+            continue  # not there yet, or --out itself is unusable (said next)
+        if stat.S_ISLNK(mode):
+            raise UserError(f"job folder {job_dir} is a symlink: remove it (cipbuild never writes through one)")
+        if not stat.S_ISDIR(mode):
+            raise UserError(f"job folder {job_dir} is not a folder: remove it")
+    usable_folder(ctx.out_dir, "--out")
+    usable_folder(ctx.cache_dir, "--cache")
+
+
+def usable_folder(folder: Path, flag: str) -> None:
+    """Create ``folder`` if need be and prove a folder can be made in it."""
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{folder} exists and is not a folder", where=flag)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        os.rmdir(tempfile.mkdtemp(prefix=".cipbuild-probe-", dir=folder))
+    except OSError as exc:
+        raise UserError(f"cannot create or write to {folder}: {exc.strerror or exc}", where=flag) from None
+
+
+def make_folder(path: Path) -> None:
+    """Make ``path`` (its parent exists) without following a symlink found at its place."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o755)
+    if not stat.S_ISDIR(os.lstat(path).st_mode):
+        raise InfrastructureError(f"{path} is not a folder (a symlink?): remove it")
 
 
 def premirrors(ctx: BuildContext) -> str:
@@ -234,7 +318,9 @@ def run_script(ctx: BuildContext, job: Job) -> str:
 # cipbuild {__version__}: the steps that build {job.id} inside its builder.
 set -eu
 cd "$(dirname "$0")"
+echo "{FETCH_START}"
 kas dump --lock job.yml > kas.lock.yml
+echo "{FETCH_DONE}"
 if [ -z "${{SOURCE_DATE_EPOCH:-}}" ]; then
     SOURCE_DATE_EPOCH=$(git -C "$KAS_WORK_DIR/{main}" log -1 --format=%ct {commit})
     export SOURCE_DATE_EPOCH
@@ -345,7 +431,13 @@ def run_build(
     p = paths(ctx, job)
     job_dir = p["job_dir"]
     uid, gid = build_user(ctx.runtime.name)
-    for key in ("KAS_WORK_DIR", "KAS_BUILD_DIR", "DL_DIR", "SSTATE_DIR", "KAS_REPO_REF_DIR"):
+    try:
+        ctx.out_dir.mkdir(parents=True, exist_ok=True)
+        for key in ("job_dir", "KAS_WORK_DIR", "KAS_BUILD_DIR"):
+            make_folder(p[key])
+    except InfrastructureError as exc:
+        return BuildResult(job, INFRA, job_dir, error=str(exc))
+    for key in ("DL_DIR", "SSTATE_DIR", "KAS_REPO_REF_DIR"):
         p[key].mkdir(parents=True, exist_ok=True)
     if (uid, gid) != (os.getuid(), os.getgid()):
         # root calling: the builder user must own what it writes to (not recursive: the caches
@@ -383,6 +475,8 @@ def run_build(
     write_json(job_dir / "metadata.json", meta)
     started = time.monotonic()
     result = BuildResult(job, FAILED, job_dir, inputs_digest=digest)
+    fetch = FetchWatch({name: pin.url for name, pin in ctx.catalog.repos.repos.items()})
+    last_line = ""
     handle: Handle | None = None
     code: int | None = None
     try:
@@ -391,6 +485,8 @@ def run_build(
             on_start(handle)
             for line in handle.lines():
                 log.write(line + "\n")
+                fetch.see(line)
+                last_line = line.strip() or last_line
                 if match := TASK_LINE.search(line):
                     progress(job.id, int(match[1]), int(match[2]))
                 elif match := EPOCH_LINE.match(line):
@@ -423,7 +519,9 @@ def run_build(
             result.status = SUCCESS
             meta["artifact_stamps"] = {a.path: stamp(job_dir / a.path) for a in artifacts}
     elif code is not None and getattr(handle, "engine_failed", False):
-        result.status, result.error = INFRA, f"{ctx.runtime.name} could not run the container (exit {code})"
+        result.status, result.error = INFRA, engine_failure(ctx.runtime.name, code, last_line)
+    elif code is not None and fetch.error(result.log):
+        result.status, result.error = INFRA, fetch.error(result.log)
     elif code is not None:
         result.error = f"kas exited with {code}; see {job_dir / 'build.log'}"
     result.duration = time.monotonic() - started
@@ -431,6 +529,13 @@ def run_build(
     write_file(job_dir / "reproducer.sh", reproducer(ctx, job, spec), 0o755)
     finish(job_dir, meta, result)
     return result
+
+
+def engine_failure(engine: str, code: int, said: str) -> str:
+    """The engine's own complaint (its last line, up to an escaped newline), cut short."""
+    said = said.split("\\n", 1)[0][:200]
+    why = f": {said}" if said else ""
+    return f"{engine} could not run the container (exit {code}){why}; `cipbuild doctor` may name the fix"
 
 
 def _open_log(path: Path) -> Any:

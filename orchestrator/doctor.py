@@ -13,6 +13,8 @@ from .errors import CipbuildError
 from .runtime import RunSpec, Runtime, pick_runtime
 
 OK, WARN, FAIL = "ok", "warn", "fail"
+# rootless podman's network (slirp4netns, pasta) opens it as the caller
+TUN = Path("/dev/net/tun")
 QEMU_FOR_ARCH = {"arm64": "qemu-aarch64", "armhf": "qemu-arm", "riscv64": "qemu-riscv64", "i386": "qemu-i386"}
 MIN_FREE_GIB = 50
 
@@ -47,6 +49,8 @@ def check_host(
                 "start dockerd (or install podman) and set DOCKER_HOST if it listens elsewhere",
             )
         )
+    if runtime is not None and runtime.name == "podman" and os.getuid() != 0:
+        checks.append(_rootless_network())
     try:
         checks.append(Check("kas on this host", OK, importlib.metadata.version("kas")))
     except importlib.metadata.PackageNotFoundError:
@@ -78,6 +82,24 @@ def check_host(
         )
     )
     return checks
+
+
+def _rootless_network(tun: Path = TUN) -> Check:
+    """Rootless podman gives a container its network through the tun device; a fresh VM may
+    have it at mode 0600 (a usual distribution has 0666), and every build would then fail."""
+    try:
+        os.close(os.open(tun, os.O_RDWR))
+    except OSError as exc:
+        fix = f"as root: chmod 0666 {tun}"
+        if not tun.exists():
+            fix = f"as root: mkdir -p {tun.parent} && mknod -m 0666 {tun} c 10 200"
+        return Check(
+            "rootless podman network",
+            FAIL,
+            f"cannot open {tun} ({exc.strerror}): rootless containers get no network (slirp4netns)",
+            fix,
+        )
+    return Check("rootless podman network", OK, f"{tun} opens")
 
 
 def _image_checks(runtime: Runtime, images: dict[str, str]) -> list[Check]:

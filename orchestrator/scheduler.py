@@ -20,6 +20,7 @@ from .buildjob import (
     UP_TO_DATE,
     BuildContext,
     BuildResult,
+    check_folders,
     mark_interrupted,
     paths,
     prepare,
@@ -58,6 +59,8 @@ class Scheduler:
         self.prepared: dict[str, tuple[dict[str, object], str]] = {}
 
     def run(self, jobs: list[Job]) -> list[BuildResult]:
+        """UserError, before anything starts, when --out, --cache or a job folder is unusable."""
+        check_folders(self.ctx, jobs)
         results: dict[str, BuildResult] = {}
         with _signals_as_interrupt():
             try:

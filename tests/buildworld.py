@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pwd
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 BUILDER_IMAGE = os.environ.get("CIPBUILD_TEST_IMAGE", "cipbuild-builder:minimal")
 
@@ -97,3 +103,81 @@ def open_to_builder(path: Path) -> Path:
         if folder == Path(tempfile.gettempdir()):
             break
     return path
+
+
+@dataclass(frozen=True)
+class RootlessUser:
+    """The unprivileged account .ci/run gives rootless podman, with its own Python and cipbuild."""
+
+    name: str
+    python: str
+
+    def run(self, *argv: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        pw = pwd.getpwnam(self.name)
+        env = [
+            f"HOME={pw.pw_dir}",
+            f"USER={self.name}",
+            f"LOGNAME={self.name}",
+            "PATH=/usr/local/bin:/usr/bin:/bin",
+            f"XDG_RUNTIME_DIR=/tmp/cipbuild-rootless-run-{pw.pw_uid}",
+        ]
+        return subprocess.run(
+            ["runuser", "-u", self.name, "--", "env", "-i", *env, *argv],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=timeout,
+        )
+
+    def cipbuild(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return self.run(self.python, "-m", "orchestrator", *args, timeout=timeout)
+
+    def build(self, world: World, work: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        """`cipbuild build ARGS` through rootless podman, with out/ and cache/ in ``work``."""
+        pw = pwd.getpwnam(self.name)
+        open_to_builder(world.catalog)
+        open_to_builder(work.parent)
+        work.mkdir()
+        os.chown(work, pw.pw_uid, pw.pw_gid)
+        return self.cipbuild(
+            "--catalog",
+            str(world.catalog),
+            "build",
+            *args,
+            "--runtime",
+            "podman",
+            "--image",
+            BUILDER_IMAGE,
+            "--mirror",
+            str(world.mirror),
+            "--out",
+            str(work / "out"),
+            "--cache",
+            str(work / "cache"),
+            "--json",
+        )
+
+
+def rootless_user() -> RootlessUser:
+    """The rootless user .ci/run provides; a skip elsewhere, a failure in CI."""
+    user, python = os.environ.get("CIPBUILD_ROOTLESS_USER"), os.environ.get("CIPBUILD_ROOTLESS_PYTHON")
+    if os.getuid() != 0 or not user or not python:
+        if os.environ.get("CI"):
+            pytest.fail(".ci/run sets CIPBUILD_ROOTLESS_USER and CIPBUILD_ROOTLESS_PYTHON")
+        pytest.skip("needs root and a rootless podman user (CIPBUILD_ROOTLESS_USER, CIPBUILD_ROOTLESS_PYTHON)")
+    return RootlessUser(user, python)
+
+
+TUN = Path("/dev/net/tun")
+
+
+@contextmanager
+def tun_device(*, exclusive: bool) -> Iterator[None]:
+    """A test that takes /dev/net/tun away from users holds this exclusively; rootless builds hold
+    it shared, so that none runs meanwhile, in this pytest or another on the same machine."""
+    with open(Path(tempfile.gettempdir()) / "cipbuild-tests-tun.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from buildworld import BUILDER_IMAGE, World, open_to_builder, results
+from buildworld import BUILDER_IMAGE, World, results, rootless_user, tun_device
 
 from orchestrator.runtime import build_user
 
@@ -315,60 +315,17 @@ def test_rootless_podman_build_belongs_to_the_caller(world: World, tmp_path: Pat
     import json
     import pwd
 
-    user, python = os.environ.get("CIPBUILD_ROOTLESS_USER"), os.environ.get("CIPBUILD_ROOTLESS_PYTHON")
-    if os.getuid() != 0 or not user or not python:
-        if os.environ.get("CI"):
-            pytest.fail(".ci/run sets CIPBUILD_ROOTLESS_USER and CIPBUILD_ROOTLESS_PYTHON")
-        pytest.skip("needs root and a rootless podman user (CIPBUILD_ROOTLESS_USER, CIPBUILD_ROOTLESS_PYTHON)")
-    pw = pwd.getpwnam(user)
-    env = [
-        f"HOME={pw.pw_dir}",
-        f"USER={user}",
-        f"LOGNAME={user}",
-        "PATH=/usr/local/bin:/usr/bin:/bin",
-        f"XDG_RUNTIME_DIR=/tmp/cipbuild-rootless-run-{pw.pw_uid}",
-    ]
-
-    def as_user(*argv: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["runuser", "-u", user, "--", "env", "-i", *env, *argv],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=300,
-        )
-
-    open_to_builder(world.catalog)
-    work = open_to_builder(tmp_path) / "rootless"
-    work.mkdir()
-    os.chown(work, pw.pw_uid, pw.pw_gid)
-    out = work / "out"
+    user = rootless_user()
+    pw = pwd.getpwnam(user.name)
+    out = tmp_path / "rootless" / "out"
     job = "isar-bookworm-qemu-amd64"
-    proc = as_user(
-        python,
-        "-m",
-        "orchestrator",
-        "--catalog",
-        str(world.catalog),
-        "build",
-        job,
-        "--runtime",
-        "podman",
-        "--image",
-        BUILDER_IMAGE,
-        "--mirror",
-        str(world.mirror),
-        "--out",
-        str(out),
-        "--cache",
-        str(work / "cache"),
-        "--json",
-    )
+    with tun_device(exclusive=False):
+        proc = user.build(world, tmp_path / "rootless", job)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     meta = json.loads((out / job / "metadata.json").read_text())
     assert meta["status"] == "success" and meta["runtime"]["rootless"] == "true"
     assert [p for p in out.rglob("*") if p.lstat().st_uid != pw.pw_uid] == []  # no subordinate uid anywhere
-    left = as_user("podman", "ps", "-a", "--filter", "label=org.cip-project.cipbuild", "--format", "{{.Names}}")
+    left = user.run("podman", "ps", "-a", "--filter", "label=org.cip-project.cipbuild", "--format", "{{.Names}}")
     assert left.returncode == 0 and left.stdout.strip() == ""
 
 

@@ -278,5 +278,6 @@ def test_cache_never_serves_an_edited_catalogue(catalog_copy: Path) -> None:
 def test_two_default_distros_are_refused(catalog_copy: Path) -> None:
     distro = catalog_copy / "distros" / "deby.yml"
     edit(distro, "build_system: openembedded", "default: true\nbuild_system: openembedded")
-    assert "both isar and deby say default: true" in error_of(catalog_copy) or \
-        "both deby and isar say default: true" in error_of(catalog_copy)
+    assert "both isar and deby say default: true" in error_of(
+        catalog_copy
+    ) or "both deby and isar say default: true" in error_of(catalog_copy)
