@@ -31,11 +31,13 @@ from typing import Any
 from . import __version__
 from .artifacts import Artifact, collect, rules_for
 from .builder import ENTRYPOINT
+from .cancel import CancelToken
 from .catalog import Catalog
 from .errors import InfrastructureError, UserError
 from .kasfile import job_facts, job_record, render, repos_of
 from .matrix import Job
-from .runtime import LABEL, Handle, RunSpec, Runtime, build_user
+from .runtime import LABEL, RunSpec, Runtime, build_user
+from .status import Status
 
 METADATA_SCHEMA = 1
 TASK_LINE = re.compile(r"Running (?:setscene )?task (\d+) of (\d+)")
@@ -68,15 +70,6 @@ PASSTHROUGH = (
 )
 # Of those, the ones that can change what a build produces, so they are part of its input digest.
 BUILD_AFFECTING = ("DISTRO_APT_PREMIRRORS", "SOURCE_DATE_EPOCH")
-
-SUCCESS, FAILED, INTERRUPTED, INFRA, UP_TO_DATE, SKIPPED = (
-    "success",
-    "failed",
-    "interrupted",
-    "infra-error",
-    "up-to-date",
-    "skipped",
-)
 
 
 @dataclass
@@ -116,7 +109,7 @@ class BuildContext:
 @dataclass
 class BuildResult:
     job: Job
-    status: str
+    status: Status
     job_dir: Path
     duration: float = 0.0
     inputs_digest: str = ""
@@ -178,7 +171,8 @@ class FetchWatch:
 
 
 def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+    """UTC, to the millisecond: jobs a second apart must still be told apart in their order."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def write_file(path: Path, text: str, mode: int = 0o644) -> None:
@@ -330,39 +324,52 @@ kas build job.yml:kas.lock.yml
 """
 
 
-def reproducer(ctx: BuildContext, job: Job, spec: RunSpec) -> str:
-    """A script that reruns the build by hand. Passed-through variables (proxies may carry
-    credentials) are taken from the caller's environment again, never written down."""
-    secret_prone = set(PASSTHROUGH) | ({"KAS_PREMIRRORS"} if ctx.environ.get("KAS_PREMIRRORS") else set())
-    fixed = {k: v for k, v in sorted(spec.env.items()) if k not in secret_prone}
-    inherited = sorted(k for k in spec.env if k in secret_prone)
+def reproducer(job: Job, spec: RunSpec, command: list[str], digest: str) -> str:
+    """A script that reruns the build by hand: the runtime's command line for ``spec``. Inherited
+    variables (proxies may carry credentials) are taken from the caller's environment again, never
+    written down."""
     head = f"#!/bin/sh\n# Rebuild {job.id} by hand, as cipbuild {__version__} did.\n"
+    inherited = sorted(spec.inherit & spec.env.keys())
     if inherited:
         head += f"# Set {', '.join(inherited)} as for the original build.\n"
-    if ctx.runtime.name == "native":
-        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in fixed.items())
-        return head + f"cd {shlex.quote(str(spec.workdir))} && exec env {env} sh run.sh\n"
-    engine = ctx.runtime.name
-    flags = ["--rm", f"-w {shlex.quote(str(spec.workdir))}"]
-    flags += [f"-v {shlex.quote(str(m))}:{shlex.quote(str(m))}" for m in spec.mounts]
-    flags += [f"-v {shlex.quote(str(m))}:{shlex.quote(str(m))}:ro" for m in spec.readonly_mounts]
-    flags += [f"-e {k}={shlex.quote(v)}" for k, v in fixed.items()]
-    flags += [f"-e {k}" for k in inherited]
-    flags += getattr(ctx.runtime, "reproducer_flags", [])
-    if spec.privileged:
-        flags += getattr(ctx.runtime, "privileged_flags", ["--privileged"])
-    entry = " ".join(shlex.quote(a) for a in spec.entrypoint[1:])
-    run = shlex.quote(str(spec.workdir / "run.sh"))
-    lines = " \\\n    ".join(flags)
     if spec.image:
-        head += f"# Builder image {spec.image} was {ctx.image_digest(spec.image)}.\n"
-    return head + f"exec {engine} run {lines} \\\n    --user root --entrypoint sh {spec.image} {entry} sh {run}\n"
+        head += f"# Builder image {spec.image} was {digest}.\n"
+    return head + f"exec {shell_lines(command)}\n"
+
+
+def shell_lines(words: list[str]) -> str:
+    """A command line for a script: quoted, one option with its values a line."""
+    lines: list[list[str]] = [[]]
+    for word in words:
+        if word.startswith("-") and lines[-1]:
+            lines.append([])
+        lines[-1].append(shlex.quote(word))
+    return " \\\n    ".join(" ".join(line) for line in lines)
+
+
+def one_line(words: list[str]) -> str:
+    """A command line on one line: a value with line breaks in bash's $'...' quoting."""
+    return " ".join(_ansi_c(word) if "\n" in word else shlex.quote(word) for word in words)
+
+
+def _ansi_c(word: str) -> str:
+    return "$'" + word.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
+
+
+def log_header(ctx: BuildContext, job: Job, spec: RunSpec, command: list[str], attempt: int) -> str:
+    """The first lines of build.log, as TuxMake starts its own: who built it, how to redo it, in what."""
+    image = ctx.image_for(job)
+    return (
+        f"# cipbuild {__version__}: {job.id} on {ctx.runtime.name}, attempt {attempt}, started {now()}\n"
+        f"# to reproduce this build locally: {one_line(command)}\n"
+        f"# builder image: {image} {ctx.image_digest(image)}\n"
+    )
 
 
 def up_to_date(job_dir: Path, digest: str) -> list[Artifact] | None:
     """The artifacts of a previous successful build with the same input digest, if all are still there."""
     meta = read_json(job_dir / "metadata.json")
-    if not meta or meta.get("status") != SUCCESS or meta.get("inputs_digest") != digest:
+    if not meta or meta.get("status") != Status.SUCCESS or meta.get("inputs_digest") != digest:
         return None
     artifacts = [Artifact(**a) for a in meta.get("artifacts", [])]
     stamps = meta.get("artifact_stamps", {})
@@ -390,7 +397,7 @@ def prepare(ctx: BuildContext, job: Job) -> tuple[dict[str, object], str, BuildR
     if not ctx.force:
         artifacts = up_to_date(job_dir, digest)
         if artifacts is not None:
-            return inputs, digest, BuildResult(job, UP_TO_DATE, job_dir, 0.0, digest, artifacts)
+            return inputs, digest, BuildResult(job, Status.UP_TO_DATE, job_dir, 0.0, digest, artifacts)
     return inputs, digest, None
 
 
@@ -403,7 +410,7 @@ def job_metadata(ctx: BuildContext, job: Job, inputs: dict[str, object], digest:
         "runtime": ctx.engine(),
         "host": {"hostname": socket.gethostname(), "kernel": platform.release(), "cpus": os.cpu_count()},
         "files": {"kas_file": "job.yml", "lock": "kas.lock.yml", "log": "build.log", "reproducer": "reproducer.sh"},
-        "status": "running",
+        "status": Status.RUNNING,
         "started": now(),
         "finished": None,
         "duration_s": None,
@@ -422,21 +429,49 @@ def run_build(
     job: Job,
     inputs: dict[str, object],
     digest: str,
-    on_start: Callable[[Handle], None],
+    token: CancelToken,
     progress: Progress,
     attempt: int = 1,
 ) -> BuildResult:
     """Build one job; never raises for a failed build. Whatever goes wrong after its container
-    started, the container is stopped and metadata.json says what happened."""
+    started, the container is stopped and metadata.json says what happened; a cancelled ``token``
+    kills it."""
+    job_dir = paths(ctx, job)["job_dir"]
+    try:
+        spec = prepare_folder(ctx, job, attempt)
+        command = ctx.runtime.command(spec)
+    except InfrastructureError as exc:
+        return BuildResult(job, Status.INFRA_ERROR, job_dir, error=str(exc))
+    write_file(job_dir / "reproducer.sh", reproducer(job, spec, command, ctx.image_digest(ctx.image_for(job))), 0o755)
+    meta = job_metadata(ctx, job, inputs, digest)
+    write_json(job_dir / "metadata.json", meta)
+    started = time.monotonic()
+    result = BuildResult(job, Status.FAILED, job_dir, inputs_digest=digest)
+    try:
+        ran = execute(ctx, spec, token, log_header(ctx, job, spec, command, attempt), LogReader(ctx, job, progress))
+    except InfrastructureError as exc:
+        result.status, result.error = Status.INFRA_ERROR, str(exc)
+    except Exception as exc:  # a bug of ours: the build is lost, not the other builds
+        result.status, result.error = Status.INFRA_ERROR, f"{type(exc).__name__}: {exc}"
+    else:
+        meta["source_date_epoch"] = ran.reader.epoch
+        classify(ctx, job, ran, result)
+        if result.status == Status.SUCCESS:
+            meta["artifact_stamps"] = {a.path: stamp(job_dir / a.path) for a in result.artifacts}
+    result.duration = time.monotonic() - started
+    finish(job_dir, meta, result)
+    return result
+
+
+def prepare_folder(ctx: BuildContext, job: Job, attempt: int) -> RunSpec:
+    """The job's folders and the files its run reads (job.yml, run.sh, entry.sh); the RunSpec
+    that runs it. InfrastructureError when a folder cannot be made."""
     p = paths(ctx, job)
     job_dir = p["job_dir"]
     uid, gid = build_user(ctx.runtime.name)
-    try:
-        ctx.out_dir.mkdir(parents=True, exist_ok=True)
-        for key in ("job_dir", "KAS_WORK_DIR", "KAS_BUILD_DIR"):
-            make_folder(p[key])
-    except InfrastructureError as exc:
-        return BuildResult(job, INFRA, job_dir, error=str(exc))
+    ctx.out_dir.mkdir(parents=True, exist_ok=True)
+    for key in ("job_dir", "KAS_WORK_DIR", "KAS_BUILD_DIR"):
+        make_folder(p[key])
     for key in ("DL_DIR", "SSTATE_DIR", "KAS_REPO_REF_DIR"):
         p[key].mkdir(parents=True, exist_ok=True)
     if (uid, gid) != (os.getuid(), os.getgid()):
@@ -457,78 +492,91 @@ def run_build(
     # Our own entrypoint, so any Debian-based kas image works (the official ones run only kas
     # sub-commands through theirs) and the build runs as the caller's uid/gid.
     write_file(job_dir / "entry.sh", ENTRYPOINT)
-    name = f"cipbuild-{ctx.session}-{job.id}" + (f"-a{attempt}" if attempt > 1 else "")
-    spec = RunSpec(
+    env = build_env(ctx, job)
+    secret_prone = set(PASSTHROUGH) | ({"KAS_PREMIRRORS"} if ctx.environ.get("KAS_PREMIRRORS") else set())
+    return RunSpec(
         argv=["sh", str(job_dir / "run.sh")],
         workdir=job_dir,
-        env={**build_env(ctx, job), "CIPBUILD_UID": str(uid), "CIPBUILD_GID": str(gid)},
+        env={**env, "CIPBUILD_UID": str(uid), "CIPBUILD_GID": str(gid)},
         mounts=(job_dir, ctx.cache_dir),
         readonly_mounts=ctx.mirrors,
         image=ctx.image_for(job),
         entrypoint=["sh", str(job_dir / "entry.sh")],
         privileged=ctx.catalog.distros[job.distro].build_system == "isar",
-        name=name,
+        name=f"cipbuild-{ctx.session}-{job.id}" + (f"-a{attempt}" if attempt > 1 else ""),
         labels={f"{LABEL}.session": ctx.session, f"{LABEL}.job": job.id},
+        inherit=frozenset(secret_prone & env.keys()),
     )
-    write_file(job_dir / "reproducer.sh", reproducer(ctx, job, spec), 0o755)
-    meta = job_metadata(ctx, job, inputs, digest)
-    write_json(job_dir / "metadata.json", meta)
-    started = time.monotonic()
-    result = BuildResult(job, FAILED, job_dir, inputs_digest=digest)
-    fetch = FetchWatch({name: pin.url for name, pin in ctx.catalog.repos.repos.items()})
-    last_line = ""
-    handle: Handle | None = None
-    code: int | None = None
-    try:
-        with _open_log(job_dir / "build.log") as log:
-            handle = ctx.runtime.start(spec)
-            on_start(handle)
-            for line in handle.lines():
-                log.write(line + "\n")
-                fetch.see(line)
-                last_line = line.strip() or last_line
-                if match := TASK_LINE.search(line):
-                    progress(job.id, int(match[1]), int(match[2]))
-                elif match := EPOCH_LINE.match(line):
-                    meta["source_date_epoch"] = int(match[1])
-            code = handle.wait()
-            killed = bool(getattr(handle, "killed", False))
-    except InfrastructureError as exc:
-        result.status, result.error = INFRA, str(exc)
-        killed = False
-    except BaseException as exc:
-        if handle is not None:
+
+
+@dataclass
+class LogReader:
+    """What the build's output says as it goes: bitbake's progress, the SOURCE_DATE_EPOCH it
+    chose, an upstream it could not fetch, and its last words."""
+
+    ctx: BuildContext
+    job: Job
+    progress: Progress
+    epoch: int | None = None
+    last_line: str = ""
+    fetch: FetchWatch = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.fetch = FetchWatch({name: pin.url for name, pin in self.ctx.catalog.repos.repos.items()})
+
+    def see(self, line: str) -> None:
+        self.fetch.see(line)
+        self.last_line = line.strip() or self.last_line
+        if match := TASK_LINE.search(line):
+            self.progress(self.job.id, int(match[1]), int(match[2]))
+        elif match := EPOCH_LINE.match(line):
+            self.epoch = int(match[1])
+
+
+@dataclass(frozen=True)
+class Ran:
+    """How a run ended: its exit code, whether it was killed, whether the engine failed it."""
+
+    code: int
+    killed: bool
+    engine_failed: bool
+    reader: LogReader
+
+
+def execute(ctx: BuildContext, spec: RunSpec, token: CancelToken, header: str, reader: LogReader) -> Ran:
+    """Run ``spec``, streaming its output into build.log (after ``header``) and ``reader``; a
+    cancelled token kills it. The container is gone when this returns or raises."""
+    with _open_log(spec.workdir / "build.log") as log:
+        log.write(header)
+        handle = ctx.runtime.start(spec)
+        try:
+            with token.on_cancel(handle.kill):
+                for line in handle.lines():
+                    log.write(line + "\n")
+                    reader.see(line)
+                code = handle.wait()
+        except BaseException:
             handle.kill()
-        interrupted = isinstance(exc, KeyboardInterrupt)
-        result.status = INTERRUPTED if interrupted else INFRA
-        result.error = "interrupted" if interrupted else f"{type(exc).__name__}: {exc}"
-        result.duration = time.monotonic() - started
-        finish(job_dir, meta, result)
-        if not isinstance(exc, Exception):
             raise
-        return result
-    result.exit_code = code
-    if killed:
-        result.status, result.error = INTERRUPTED, "interrupted"
-    elif code == 0:
-        artifacts, problems = collect(ctx.catalog, job, job_dir)
-        result.artifacts = artifacts
-        if problems:
-            result.error = "; ".join(problems)
-        else:
-            result.status = SUCCESS
-            meta["artifact_stamps"] = {a.path: stamp(job_dir / a.path) for a in artifacts}
-    elif code is not None and getattr(handle, "engine_failed", False):
-        result.status, result.error = INFRA, engine_failure(ctx.runtime.name, code, last_line)
-    elif code is not None and fetch.error(result.log):
-        result.status, result.error = INFRA, fetch.error(result.log)
-    elif code is not None:
-        result.error = f"kas exited with {code}; see {job_dir / 'build.log'}"
-    result.duration = time.monotonic() - started
-    # now the engine knows how it ran privileged containers here
-    write_file(job_dir / "reproducer.sh", reproducer(ctx, job, spec), 0o755)
-    finish(job_dir, meta, result)
-    return result
+    return Ran(code, handle.killed, handle.engine_failed, reader)
+
+
+def classify(ctx: BuildContext, job: Job, ran: Ran, result: BuildResult) -> None:
+    """Set ``result``'s status, error and artifacts from how its run ended."""
+    result.exit_code = ran.code
+    if ran.killed:
+        result.status, result.error = Status.INTERRUPTED, "interrupted"
+    elif ran.code == 0:
+        result.artifacts, problems = collect(ctx.catalog, job, result.job_dir)
+        result.status = Status.FAILED if problems else Status.SUCCESS
+        result.error = "; ".join(problems)
+    elif ran.engine_failed:
+        result.status = Status.INFRA_ERROR
+        result.error = engine_failure(ctx.runtime.name, ran.code, ran.reader.last_line)
+    elif fetch_error := ran.reader.fetch.error(result.log):
+        result.status, result.error = Status.INFRA_ERROR, fetch_error
+    else:
+        result.error = f"kas exited with {ran.code}; see {result.log}"
 
 
 def engine_failure(engine: str, code: int, said: str) -> str:
@@ -560,6 +608,6 @@ def finish(job_dir: Path, meta: dict[str, Any], result: BuildResult) -> None:
 def mark_interrupted(job_dir: Path) -> None:
     """A job that never finished: its metadata must not claim it is running."""
     meta = read_json(job_dir / "metadata.json")
-    if meta and meta.get("status") == "running":
-        meta.update(status=INTERRUPTED, finished=now(), error="interrupted")
+    if meta and meta.get("status") == Status.RUNNING:
+        meta.update(status=Status.INTERRUPTED, finished=now(), error="interrupted")
         write_json(job_dir / "metadata.json", meta)

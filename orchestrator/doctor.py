@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .catalog import Catalog
-from .errors import CipbuildError
+from .errors import CipbuildError, InfrastructureError
 from .runtime import RunSpec, Runtime, pick_runtime
 
 OK, WARN, FAIL = "ok", "warn", "fail"
@@ -147,6 +147,13 @@ def _privileged(runtime: Runtime, image: str) -> Check:
         f"mount failed: {' '.join(output)[-200:]}",
         "allow privileged containers (rootful engine)",
     )
+
+
+def require_healthy(checks: list[Check]) -> None:
+    """InfrastructureError (exit 4) naming the checks that failed; warnings pass."""
+    failed = [c.name for c in checks if c.status == FAIL]
+    if failed:
+        raise InfrastructureError(f"this host cannot build yet: {', '.join(failed)} failed (each check names its fix)")
 
 
 def to_json(checks: list[Check]) -> list[dict[str, str]]:

@@ -49,6 +49,12 @@ class InfrastructureError(CipbuildError):
     exit_code = 4
 
 
+class InterruptError(CipbuildError):
+    """Ctrl-C or SIGTERM stopped the work (exit 130)."""
+
+    exit_code = 130
+
+
 class VerificationError(CipbuildError):
     """A checksum or signature did not verify (exit 5)."""
 

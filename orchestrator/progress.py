@@ -6,21 +6,41 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from datetime import datetime
 from types import TracebackType
 from typing import Any
 
-DONE_STATES = {"success", "failed", "interrupted", "infra-error", "up-to-date", "skipped"}
+from .status import Status
+
+# how a step's status is shown; a room names its own RUNNING ("building", "uploading"...)
+STYLE = {
+    Status.SUCCESS: "green",
+    Status.UP_TO_DATE: "green",
+    Status.FAILED: "red",
+    Status.INFRA_ERROR: "red",
+    Status.INTERRUPTED: "yellow",
+    Status.RUNNING: "cyan",
+}
+QUIET = frozenset({Status.CHECKING})  # not worth a line in CI logs
 
 
 class BuildProgress:
     """Receives scheduler events; use as a context manager around the build."""
 
-    def __init__(self, job_ids: list[str], *, live: bool | None = None, stream: Any = None):
+    def __init__(
+        self,
+        job_ids: list[str],
+        *,
+        live: bool | None = None,
+        stream: Any = None,
+        labels: Mapping[Status, str] = {Status.RUNNING: "building"},
+    ):
         self.stream = stream or sys.stderr
+        self.labels = labels
         # a live table only for a person at a terminal; CI logs get plain lines
         self.live = (self.stream.isatty() and not os.environ.get("CI")) if live is None else live
-        self.state = {j: "pending" for j in job_ids}
+        self.state = dict.fromkeys(job_ids, Status.PENDING)
         self.detail = {j: "" for j in job_ids}
         self.started: dict[str, float] = {}
         self.ended: dict[str, float] = {}
@@ -43,16 +63,19 @@ class BuildProgress:
         if self._live is not None:
             self._live.__exit__(kind, exc, tb)
 
-    def event(self, job_id: str, state: str, detail: str) -> None:
+    def event(self, job_id: str, state: Status, detail: str) -> None:
         with self.lock:
             self.state[job_id] = state
             self.detail[job_id] = detail
-            if state == "building":
+            if state == Status.RUNNING:
                 self.started.setdefault(job_id, time.monotonic())
-            if state in DONE_STATES:
+            if state.final:
                 self.ended[job_id] = time.monotonic()
-        if not self.live and state not in ("checking",):
-            self._line(f"{job_id}: {state}" + (f" ({detail})" if detail else ""))
+        if not self.live and state not in QUIET:
+            self._line(f"{job_id}: {self.label(state)}" + (f" ({detail})" if detail else ""))
+
+    def label(self, state: Status) -> str:
+        return self.labels.get(state, state.value)
 
     def task(self, job_id: str, done: int, total: int) -> None:
         with self.lock:
@@ -84,17 +107,10 @@ class BuildProgress:
         with self.lock:
             for job_id, state in self.state.items():
                 done, total = self.tasks.get(job_id, (0, 0))
-                style = {
-                    "success": "green",
-                    "up-to-date": "green",
-                    "failed": "red",
-                    "infra-error": "red",
-                    "interrupted": "yellow",
-                    "building": "cyan",
-                }.get(state, "")
+                style, label = STYLE.get(state, ""), self.label(state)
                 table.add_row(
                     job_id,
-                    f"[{style}]{state}[/]" if style else state,
+                    f"[{style}]{label}[/]" if style else label,
                     f"{self.elapsed(job_id):5.0f}s" if job_id in self.started else "",
                     f"task {done} of {total}" if total else "",
                 )

@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from buildworld import BUILDER_IMAGE, World, results, rootless_user, tun_device
+from buildworld import BUILDER_IMAGE, World, results, rootless_user, tun_device, unavailable
 
 from orchestrator.runtime import build_user
 
@@ -88,13 +88,10 @@ def test_rerun_builds_nothing_and_one_changed_option_rebuilds_one_job(
     world.catalog = catalog
     assert world.build("-r", "four", "-j", "2").returncode == 0
     before = {j: world.metadata(j)["finished"] for j in FOUR}
-    start = time.monotonic()
-    again = world.build("-r", "four", "-j", "2", "--json")
-    took = time.monotonic() - start
+    again = world.build("-r", "four", "-j", "2", "--json")  # how fast: bench/build.py
     assert again.returncode == 0
     assert {j: r["status"] for j, r in results(again).items()} == dict.fromkeys(FOUR, "up-to-date")
     assert {j: world.metadata(j)["finished"] for j in FOUR} == before
-    assert took < 10, took
     recipe = catalog / "recipes" / "four.yml"
     recipe.write_text(recipe.read_text().replace("options: [[], [test]]", "options: [[], [test, targz]]"))
     changed = results(world.build("-r", "four", "-j", "2", "--json"))
@@ -250,10 +247,10 @@ def test_native_runtime(world: World) -> None:
 
 def test_podman_runtime(world: World) -> None:
     if not shutil.which("podman"):
-        pytest.skip("podman is not installed (.ci/run installs it)")
+        unavailable("podman is not installed (.ci/run installs it)")
     have = subprocess.run(["podman", "image", "exists", BUILDER_IMAGE], check=False).returncode == 0
     if not have:
-        pytest.skip(f"{BUILDER_IMAGE} is not in podman's store (.ci/run copies it there)")
+        unavailable(f"{BUILDER_IMAGE} is not in podman's store (.ci/run copies it there)")
     proc = world.build("isar-bookworm-qemu-amd64", "--json", runtime="podman")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert world.metadata("isar-bookworm-qemu-amd64")["runtime"]["engine"] == "podman"

@@ -4,16 +4,17 @@ import io
 import re
 
 from orchestrator.progress import BuildProgress
+from orchestrator.status import Status
 
 
 def test_plain_progress_is_timestamped_and_throttled() -> None:
     out = io.StringIO()
     with BuildProgress(["a", "b"], live=False, stream=out) as progress:
-        progress.event("a", "queued", "")
-        progress.event("a", "building", "")
+        progress.event("a", Status.QUEUED, "")
+        progress.event("a", Status.RUNNING, "")
         for done in range(1, 101):
             progress.task("a", done, 100)
-        progress.event("a", "failed", "kas exited with 2")
+        progress.event("a", Status.FAILED, "kas exited with 2")
     lines = out.getvalue().splitlines()
     assert all(re.match(r"\d\d:\d\d:\d\d ", line) for line in lines)
     assert "a: failed (kas exited with 2)" in lines[-1]
@@ -25,7 +26,7 @@ def test_plain_progress_is_timestamped_and_throttled() -> None:
 def test_live_table_shows_state_and_bitbake_progress() -> None:
     out = io.StringIO()
     progress = BuildProgress(["isar-bookworm-qemu-amd64"], live=True, stream=out)
-    progress.event("isar-bookworm-qemu-amd64", "building", "")
+    progress.event("isar-bookworm-qemu-amd64", Status.RUNNING, "")
     progress.task("isar-bookworm-qemu-amd64", 12, 40)
     from rich.console import Console
 

@@ -1,122 +1,42 @@
-"""Where a kas command runs: a container engine or the host. One small protocol, picked by name."""
+"""Where a kas command runs: a container engine or the host. One protocol (``base``), each
+runtime a small class picked by name from ``RUNTIMES``."""
 
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Protocol
 
 from ..errors import InfrastructureError, UserError
+from .base import LABEL, Handle, ProcessHandle, RunSpec, Runtime, run_flags, run_target, spawn
+from .docker import DockerRuntime
+from .native import NativeRuntime
+from .podman import PodmanRuntime
 
-LABEL = "org.cip-project.cipbuild"
-RUNTIMES = ("auto", "docker", "podman", "native")
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """One command to run: in ``image`` for container runtimes, on the host for native."""
-
-    argv: Sequence[str]
-    workdir: Path
-    env: dict[str, str]
-    mounts: Sequence[Path] = ()
-    readonly_mounts: Sequence[Path] = ()
-    image: str | None = None
-    entrypoint: Sequence[str] = ()
-    privileged: bool = False
-    name: str = ""
-    labels: dict[str, str] = field(default_factory=dict)
-
-
-class Handle(Protocol):
-    """A started command."""
-
-    def lines(self) -> Iterator[str]:
-        """An iterable of output lines (stdout and stderr merged) until the command ends."""
-
-    def wait(self) -> int:
-        """Its exit code."""
-
-    def kill(self) -> None:
-        """Stop it now and remove what it left (container)."""
-
-
-class Runtime(Protocol):
-    name: str
-
-    def check(self) -> dict[str, str]:
-        """Facts about the engine (version...); InfrastructureError when it does not answer."""
-
-    def image_digest(self, image: str, *, pull: bool = True) -> str:
-        """The image's content digest, pulled first if missing and ``pull``; InfrastructureError
-        when it cannot be had."""
-
-    def start(self, spec: RunSpec) -> Handle: ...
-
-    def leftovers(self, session: str) -> list[str]:
-        """Containers of a cipbuild session still known to the engine (should be none)."""
-
-
-def spawn(argv: Sequence[str], env: dict[str, str], cwd: Path | None = None) -> subprocess.Popen[str]:
-    """A child in a session of its own (so its whole group can be killed), stderr into stdout."""
-    return subprocess.Popen(
-        list(argv),
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        errors="replace",
-        start_new_session=True,
-    )
-
-
-def output_lines(proc: subprocess.Popen[str]) -> Iterator[str]:
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        yield line.rstrip("\n")
+RUNTIMES: dict[str, type[DockerRuntime] | type[PodmanRuntime] | type[NativeRuntime]] = {
+    "docker": DockerRuntime,
+    "podman": PodmanRuntime,
+    "native": NativeRuntime,
+}
+AUTO = ("docker", "podman")  # what `auto` tries, in this order
 
 
 def pick_runtime(name: str) -> Runtime:
-    """The runtime called ``name``; ``auto`` takes docker, then podman, and says what is missing."""
-    if name not in RUNTIMES:
+    """The runtime called ``name``; ``auto`` takes the first engine of AUTO that answers and
+    otherwise says what is missing."""
+    if name in RUNTIMES:
+        return RUNTIMES[name]()
+    if name != "auto":
         from ..catalog import suggest
 
-        raise UserError(f"unknown runtime '{name}'", where="--runtime", hint=suggest(name, RUNTIMES))
-    if name == "native":
-        from .native import NativeRuntime
-
-        return NativeRuntime()
-    if name == "podman":
-        from .podman import PodmanRuntime
-
-        return PodmanRuntime()
-    from .docker import DockerRuntime
-
-    if name == "docker":
-        return DockerRuntime()
+        choices = ("auto", *RUNTIMES)
+        raise UserError(f"unknown runtime '{name}'", where="--runtime", hint=suggest(name, choices))
     problems = []
-    try:
-        runtime = DockerRuntime()
-        runtime.check()
-        return runtime
-    except InfrastructureError as exc:
-        problems.append(f"docker: {exc}")
-    if shutil.which("podman"):
-        from .podman import PodmanRuntime
-
-        podman = PodmanRuntime()
+    for engine in AUTO:
+        runtime = RUNTIMES[engine]()
         try:
-            podman.check()
-            return podman
+            runtime.check()
+            return runtime
         except InfrastructureError as exc:
-            problems.append(f"podman: {exc}")
-    else:
-        problems.append("podman: not installed")
+            problems.append(f"{engine}: {exc}")
     raise InfrastructureError(
         "no container engine answers (" + "; ".join(problems) + "); start dockerd or install podman, "
         "set DOCKER_HOST, or use --runtime native inside a kas image"
@@ -139,3 +59,18 @@ def build_user(runtime: str) -> tuple[int, int]:
             return int(user), int(group or user)
         return ROOT_CALLER_BUILDER
     return uid, gid
+
+
+__all__ = [
+    "LABEL",
+    "RUNTIMES",
+    "Handle",
+    "ProcessHandle",
+    "RunSpec",
+    "Runtime",
+    "build_user",
+    "pick_runtime",
+    "run_flags",
+    "run_target",
+    "spawn",
+]

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import os
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from ..errors import InfrastructureError
-from . import LABEL, RunSpec
+from .base import LABEL, RunSpec, run_flags, run_target
 
 # --privileged is refused in some sandboxes ("unable to apply caps"); this is the same power
 # less the one capability they withhold, which is enough for Isar's mounts and loop devices.
@@ -18,6 +21,16 @@ PRIVILEGED_SUBSTITUTE: dict[str, Any] = {
     "security_opt": ["seccomp=unconfined", "apparmor=unconfined"],
     "device_cgroup_rules": ["a *:* rwm"],
 }
+# the same on `docker run`'s command line
+CLI_FLAG = {
+    "cap_add": "--cap-add",
+    "cap_drop": "--cap-drop",
+    "security_opt": "--security-opt",
+    "device_cgroup_rules": "--device-cgroup-rule",
+}
+# --privileged would also give the host's /dev (loop devices for disk images)
+HOST_DEV = Path("/dev")
+FULL, SUBSTITUTE = "full", "substitute"
 
 
 def _engine_error(exc: Exception) -> InfrastructureError:
@@ -33,6 +46,10 @@ class DockerHandle:
     @property
     def killed(self) -> bool:
         return self._killed.is_set()
+
+    @property
+    def engine_failed(self) -> bool:
+        return False  # the engine's own failures are InfrastructureError from lines() and wait()
 
     def lines(self) -> Iterator[str]:
         buffer = b""
@@ -133,7 +150,48 @@ class DockerRuntime:
                 "make one offline with `cipbuild image build`"
             ) from None
 
+    def privileged_mode(self, image: str | None) -> str:
+        """How this engine runs privileged containers: FULL (--privileged), or SUBSTITUTE where a
+        sandbox refuses that. Found out once per engine, with a container that does nothing."""
+        import docker.errors
+
+        with self._probe:
+            if self._privileged_mode is None:
+                name = f"cipbuild-probe-{os.getpid()}-{threading.get_ident()}"
+                try:
+                    self.client.containers.run(  # as builds start: root, whatever the image's USER
+                        image, entrypoint=["true"], user="root", privileged=True, name=name, labels={LABEL: "1"}
+                    )
+                    self._remove_named(name)
+                    self._privileged_mode = FULL
+                except docker.errors.APIError as exc:
+                    self._remove_named(name)
+                    if "apply caps" not in str(exc) and "operation not permitted" not in str(exc).lower():
+                        raise _engine_error(exc) from None
+                    self._privileged_mode = SUBSTITUTE
+                except Exception as exc:
+                    self._remove_named(name)
+                    raise _engine_error(exc) from None
+            return self._privileged_mode
+
+    def _as_run_here(self, spec: RunSpec) -> tuple[RunSpec, dict[str, Any]]:
+        """``spec`` as this engine runs it, and its privileges as keyword arguments of the SDK's
+        ``containers.run``."""
+        if not spec.privileged:
+            return spec, {}
+        if self.privileged_mode(spec.image) == FULL:
+            return spec, {"privileged": True}
+        return dataclasses.replace(spec, mounts=(*spec.mounts, HOST_DEV)), PRIVILEGED_SUBSTITUTE
+
+    def command(self, spec: RunSpec) -> list[str]:
+        spec, privileges = self._as_run_here(spec)
+        flags = ["docker", "run", "--rm", *run_flags(spec, env_values=True)]
+        for key, value in privileges.items():
+            flags += ["--privileged"] if value is True else [w for item in value for w in (CLI_FLAG[key], item)]
+        return flags + run_target(spec)
+
     def start(self, spec: RunSpec) -> DockerHandle:
+        spec, privileges = self._as_run_here(spec)
         kwargs: dict[str, Any] = {
             "command": list(spec.argv),
             "environment": dict(spec.env),
@@ -148,53 +206,18 @@ class DockerRuntime:
             "name": spec.name or None,
             "detach": True,
             "tty": False,
+            **privileges,
         }
         if spec.entrypoint:
             kwargs["entrypoint"] = list(spec.entrypoint)
         try:
-            if not spec.privileged:
-                return DockerHandle(self.client.containers.run(spec.image, **kwargs))
-            return DockerHandle(self._run_privileged(spec.image, kwargs))
+            return DockerHandle(self.client.containers.run(spec.image, **kwargs))
         except Exception as exc:
             # a container created but not started would block the retry's name
             self._remove_named(kwargs.get("name"))
             if isinstance(exc, InfrastructureError):
                 raise
             raise _engine_error(exc) from None
-
-    def _run_privileged(self, image: str | None, kwargs: dict[str, Any]) -> Any:
-        import docker.errors
-
-        with self._probe:  # the first privileged start finds out which mode works, once
-            if self._privileged_mode is None:
-                try:
-                    container = self.client.containers.run(image, privileged=True, **kwargs)
-                    self._privileged_mode = "full"
-                    return container
-                except docker.errors.APIError as exc:
-                    if "apply caps" not in str(exc) and "operation not permitted" not in str(exc).lower():
-                        raise
-                    self._remove_named(kwargs.get("name"))
-                    self._privileged_mode = "substitute"
-        if self._privileged_mode == "full":
-            return self.client.containers.run(image, privileged=True, **kwargs)
-        # --privileged would also give the host's /dev (loop devices for disk images)
-        volumes = {**kwargs["volumes"], "/dev": {"bind": "/dev", "mode": "rw"}}
-        return self.client.containers.run(image, **PRIVILEGED_SUBSTITUTE, **{**kwargs, "volumes": volumes})
-
-    @property
-    def privileged_flags(self) -> list[str]:
-        """How `docker run` gets the privileges builds ran with here (for reproducer.sh)."""
-        if self._privileged_mode != "substitute":
-            return ["--privileged"]
-        return [
-            "--cap-add ALL",
-            "--cap-drop SYS_RESOURCE",
-            "--security-opt seccomp=unconfined",
-            "--security-opt apparmor=unconfined",
-            "--device-cgroup-rule 'a *:* rwm'",
-            "-v /dev:/dev",
-        ]
 
     def _remove_named(self, name: str | None) -> None:
         if not name:

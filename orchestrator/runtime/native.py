@@ -4,39 +4,12 @@ from __future__ import annotations
 
 import os
 import platform
-import signal
-import subprocess
-from collections.abc import Iterator
 
 from ..errors import InfrastructureError
-from . import RunSpec, output_lines, spawn
+from .base import ProcessHandle, RunSpec, spawn
 
 # Only what a shell needs comes from cipbuild's own environment (never credentials).
 HOST_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TERM", "USER", "LOGNAME")
-
-
-class NativeHandle:
-    def __init__(self, proc: subprocess.Popen[str]):
-        self.proc = proc
-        self.killed = False
-
-    def lines(self) -> Iterator[str]:
-        return output_lines(self.proc)
-
-    def wait(self) -> int:
-        code = self.proc.wait()
-        return 130 if self.killed else code
-
-    def kill(self) -> None:
-        self.killed = True
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)  # kas and the bitbake it started
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-        except ProcessLookupError:
-            pass
 
 
 class NativeRuntime:
@@ -51,14 +24,26 @@ class NativeRuntime:
 
         return f"native:kas-{importlib.metadata.version('kas')}:{platform.freedesktop_os_release().get('ID', '?')}"
 
-    def start(self, spec: RunSpec) -> NativeHandle:
+    def command(self, spec: RunSpec) -> list[str]:
+        """`env -C` into the working folder (paths in it said relative to it) with the spec's
+        variables; the caller's own environment stands for the host part and the inherited ones."""
+        fixed = [f"{k}={v}" for k, v in sorted(spec.env.items()) if k not in spec.inherit]
+        argv = [_relative(arg, spec) for arg in spec.argv]
+        return ["env", "-C", str(spec.workdir), *fixed, *argv]
+
+    def start(self, spec: RunSpec) -> ProcessHandle:
         env = {k: v for k, v in os.environ.items() if k in HOST_ENV}
         env.update(spec.env)
         try:
             proc = spawn(spec.argv, env, spec.workdir)
         except OSError as exc:
             raise InfrastructureError(f"cannot start {spec.argv[0]}: {exc}") from None
-        return NativeHandle(proc)
+        return ProcessHandle(proc)
 
     def leftovers(self, session: str) -> list[str]:
         return []
+
+
+def _relative(arg: str, spec: RunSpec) -> str:
+    path = os.path.relpath(arg, spec.workdir) if os.path.isabs(arg) else arg
+    return arg if path.startswith("..") else path

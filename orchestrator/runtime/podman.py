@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import time
-from collections.abc import Iterator
 
 from ..errors import InfrastructureError
-from . import LABEL, RunSpec, output_lines, spawn
+from .base import LABEL, ProcessHandle, RunSpec, run_flags, run_target, spawn
 
 # crun cannot set up cgroups on some hosts (hybrid mode); runc can. CIPBUILD_PODMAN_RUNTIME overrides.
 DEFAULT_OCI_RUNTIME = "runc"
@@ -22,27 +19,16 @@ DEFAULT_OCI_RUNTIME = "runc"
 ENGINE_EXIT_CODES = (125, 126, 127)
 
 
-class PodmanHandle:
+class PodmanHandle(ProcessHandle):
+    engine_exit_codes = ENGINE_EXIT_CODES
+
     def __init__(self, podman: list[str], name: str, proc: subprocess.Popen[str]):
+        super().__init__(proc)
         self.podman = podman
         self.name = name
-        self.proc = proc
-        self.killed = False
-        self.engine_failed = False
 
-    def lines(self) -> Iterator[str]:
-        return output_lines(self.proc)
-
-    def wait(self) -> int:
-        code = self.proc.wait()
-        if self.killed:
-            return 130
-        self.engine_failed = code in ENGINE_EXIT_CODES
-        return code
-
-    def kill(self) -> None:
+    def _stop(self) -> None:
         """Remove the container; `podman run` may not have created it yet, so keep at it."""
-        self.killed = True
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             subprocess.run([*self.podman, "rm", "-f", "-t", "0", self.name], capture_output=True, check=False)
@@ -55,9 +41,7 @@ class PodmanHandle:
             if not exists and self.proc.poll() is not None:
                 return
             time.sleep(0.3)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
+        self._kill_group()
 
 
 class PodmanRuntime:
@@ -102,50 +86,33 @@ class PodmanRuntime:
             out = self._run("image", "inspect", "--format", "{{.Digest}}", image)
         return out.strip()
 
-    def start(self, spec: RunSpec) -> PodmanHandle:
-        name = spec.name or f"cipbuild-{os.getpid()}"
-        args = [
-            *self.podman,
-            "run",
-            "--rm",
-            "--name",
-            name,
-            "--workdir",
-            str(spec.workdir),
-            "--label",
-            f"{LABEL}=1",
-        ]
-        for key, value in spec.labels.items():
-            args += ["--label", f"{key}={value}"]
-        # values travel in podman's environment, not on its command line (which anyone can read)
-        for key in spec.env:
-            args += ["--env", key]
-        for path in spec.mounts:
-            args += ["--volume", f"{path}:{path}:rw"]
-        for path in spec.readonly_mounts:
-            args += ["--volume", f"{path}:{path}:ro"]
-        # root first (in rootless podman that is the caller); the entrypoint switches user
-        args += ["--user", "root"]
+    def _run_args(self, spec: RunSpec, *, by_hand: bool) -> list[str]:
+        """`podman run` for ``spec``: as cipbuild starts it (named, labelled, the variables' values
+        in podman's environment), or as a person reruns it (values on the line, inherited ones not)."""
+        args = [*self.podman, "run", "--rm"]
+        if not by_hand:
+            args += ["--name", spec.name or f"cipbuild-{os.getpid()}", "--label", f"{LABEL}=1"]
+            for key, value in spec.labels.items():
+                args += ["--label", f"{key}={value}"]
+        args += run_flags(spec, env_values=by_hand)
         if self.rootless:
             # keep-id maps the caller's uid to itself; --passwd=false stops podman adding a passwd
             # entry for it with HOME=/ (the entrypoint then makes 'builder' with /home/builder)
             args += ["--userns", "keep-id", "--passwd=false"]
         if spec.privileged:
             args += ["--privileged"]
-        if spec.entrypoint:
-            args += ["--entrypoint", json.dumps(list(spec.entrypoint))]
-        args += [str(spec.image), *spec.argv]
+        return args + run_target(spec)
+
+    def command(self, spec: RunSpec) -> list[str]:
+        return ["podman", *self._run_args(spec, by_hand=True)[1:]]
+
+    def start(self, spec: RunSpec) -> PodmanHandle:
+        args = self._run_args(spec, by_hand=False)
         try:
             proc = spawn(args, {**os.environ, **spec.env})
         except OSError as exc:
             raise InfrastructureError(f"podman: {exc}") from None
-        return PodmanHandle(self.podman, name, proc)
-
-    @property
-    def reproducer_flags(self) -> list[str]:
-        """What `podman run` needs here besides the build's own flags (for reproducer.sh)."""
-        flags = [f"--runtime {self.podman[2]}"] if len(self.podman) > 2 else []
-        return flags + (["--userns keep-id", "--passwd=false"] if self.rootless else [])
+        return PodmanHandle(self.podman, args[args.index("--name") + 1], proc)
 
     def leftovers(self, session: str) -> list[str]:
         out = self._run("ps", "-a", "--filter", f"label={LABEL}.session={session}", "--format", "{{.Names}}")
