@@ -41,9 +41,10 @@ def main() -> int:
 
     catalog = load_catalog(default_catalog_dir(), cache=False)
     plan = Expander(catalog).expand_all()
-    expand = timed(lambda: Expander(catalog).expand_all(), args.runs)
+    # the Job records are made as they are read: make them all, as the expansion once did
+    expand = timed(lambda: Expander(catalog).expand_all().jobs, args.runs)
     print(
-        f"full-catalogue expansion: {plan.candidates} candidates -> {len(plan.jobs)} jobs, "
+        f"full-catalogue expansion: {plan.candidates} candidates -> {plan.job_count()} jobs, "
         f"{plan.excluded_count()} excluded"
     )
     print(f"  median {statistics.median(expand) * 1000:.0f} ms, best {min(expand) * 1000:.0f} ms (goal < 500 ms)")

@@ -18,7 +18,6 @@ from .output import print_json, print_line, print_table
 
 if TYPE_CHECKING:
     from .catalog import Catalog
-    from .matrix import Plan
 
 app = typer.Typer(
     name="cipbuild",
@@ -192,7 +191,8 @@ def plan(
         bool,
         typer.Option(
             "--explain",
-            help="Also show the combinations left out and the rule that excluded each, and the waivers applied.",
+            help="Also show the combinations left out and the rules that exclude each (with --all: those that "
+            "rule it out first, deciding options in the distro's order), and the waivers applied.",
         ),
     ] = False,
     as_json: JsonOpt = False,
@@ -206,76 +206,16 @@ def plan(
     `cipbuild plan --all -b qemu-riscv64`.
     """
     from .matrix import make_plan
+    from .planview import print_plan, print_plan_json
 
     _check_recipe_flag(recipe, everything)
     cat = _catalog()
     sel = _selection(board, distro, release, kernel, option, job_ids)
     result = make_plan(cat, recipe=recipe, everything=everything, sel=sel)
     if as_json:
-        print_json(_plan_json(cat, result, explain))
+        print_plan_json(cat, result, explain)
         return
-    _print_plan(cat, result, explain)
-
-
-def _plan_json(cat: Catalog, result: Plan, explain: bool) -> dict[str, Any]:
-    from .kasfile import job_record
-
-    data: dict[str, Any] = {
-        "source": result.source,
-        "candidates": result.candidates,
-        "jobs": [job_record(cat, j) for j in result.jobs],
-    }
-    if explain:
-        from .matrix import rule_summaries, summary_of
-
-        summaries = rule_summaries(cat)
-        data["excluded"] = [{"id": e.job.id, "rules": list(e.rules)} for e in result.excluded]
-        data["rules"] = {r: summaries.get(r) or summary_of(cat, r) for r in result.rule_counts()}
-    return data
-
-
-def _print_plan(cat: Catalog, result: Plan, explain: bool) -> None:
-    from .kasfile import job_facts
-    from .matrix import summary_of
-
-    rows = []
-    for job in result.jobs:
-        facts = job_facts(cat, job)
-        note = "waives " + ", ".join(r for r, _ in job.waived) if job.waived else ""
-        rows.append([job.id, job.kernel, facts.target, note])
-    shown_jobs = rows[:200]
-    caption = (
-        f"{_count(len(result.jobs), 'job')} from {result.source}; {result.excluded_count()} of "
-        f"{result.candidates} candidates excluded"
-    )
-    if len(shown_jobs) < len(rows):
-        caption += " (first 200 shown; --json lists all)"
-    print_table(None, ["job", "kernel", "target", "note"], shown_jobs, caption)
-    if not explain:
-        return
-    for job in result.jobs:
-        for rule, reason in job.waived:
-            print_line(f"{job.id} builds although rule {rule} excludes it: {reason}", bold=job.id)
-    counts = result.rule_counts()
-    if not counts:
-        print_line("Nothing was excluded.")
-        return
-    if result.excluded_count() <= 60:
-        print_table(
-            "Excluded",
-            ["combination", "rule", "why"],
-            [[e.job.id, ", ".join(e.rules), summary_of(cat, e.rules[0])] for e in result.excluded],
-        )
-    else:
-        examples = result.examples()
-        print_table(
-            "Excluded, by rule (--json lists every combination)",
-            ["rule", "excluded", "example", "why"],
-            [
-                [r, str(n), examples.get(r, ""), summary_of(cat, r)]
-                for r, n in sorted(counts.items(), key=lambda kv: -kv[1])
-            ],
-        )
+    print_plan(cat, result, explain)
 
 
 @app.command("kas")
@@ -558,7 +498,3 @@ def _output_failed(exc: OutputError) -> int:
         return 128 + signal.SIGPIPE  # the reader stopped reading, as `| head` does: no message
     sys.stderr.write(f"cipbuild: error: {exc}\n")
     return exc.exit_code
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

@@ -1,7 +1,9 @@
 """Expand a recipe (or the whole catalogue) into Jobs, and say why every other combination is out.
 
-Pure functions over the catalogue. Option sets are bit masks so that the full catalogue
-(every board x distro x release x kernel x option subset) expands in well under a second.
+Pure functions over the catalogue. Option sets are bit masks. The whole catalogue (every board
+x distro x release x kernel x option subset) is walked as a tree of option decisions that the
+rules prune (``_OptionTree``): its cost follows the jobs, not the 2^options candidates, which
+are counted rather than listed.
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ class Selection:
 
 @dataclass(frozen=True)
 class _Block:
-    """The excluded option sets of one (distro, release, board, kernel), shared verdict table."""
+    """One (distro, release, board, kernel) of the whole catalogue and the walk of its option sets."""
 
     distro: str
     release: str
@@ -94,52 +96,88 @@ class _Block:
 
 @dataclass(frozen=True)
 class _Table:
-    """Verdicts of every option set under one set of active rules, computed once."""
+    """What one walk of an option tree found: the accepted option sets in job order, how many
+    option sets it counted under each rule, and a small one of those per rule (an example)."""
 
+    tree: _OptionTree
     accepted: tuple[int, ...]
-    excluded: tuple[tuple[int, tuple[str, ...]], ...]
+    candidates: int
     counts: dict[str, int]
+    examples: dict[str, int]
+
+    @property
+    def excluded_count(self) -> int:
+        return self.candidates - len(self.accepted)
 
 
 @dataclass
 class Plan:
-    """The jobs to build, in order, and the combinations left out."""
+    """The jobs to build, in order, and the combinations left out.
+
+    A recipe's plan lists its jobs and exclusions; the whole catalogue's keeps one walk per
+    (distro, release, board, kernel) and makes Job and Excluded records only as they are read.
+    """
 
     source: str
-    jobs: list[Job]
-    candidates: int
+    _jobs: list[Job] = field(default_factory=list)
+    candidates: int = 0
     _excluded: list[Excluded] = field(default_factory=list)
     _blocks: list[_Block] = field(default_factory=list)
     _expander: Expander | None = None
 
     @cached_property
+    def jobs(self) -> list[Job]:
+        return list(self.iter_jobs())
+
+    @cached_property
     def excluded(self) -> list[Excluded]:
         return list(self.iter_excluded())
 
-    def excluded_count(self) -> int:
-        return len(self._excluded) + sum(len(b.table.excluded) for b in self._blocks)
+    def job_count(self) -> int:
+        return len(self._jobs) + sum(len(b.table.accepted) for b in self._blocks)
 
-    def iter_excluded(self) -> Iterator[Excluded]:
-        """Like ``excluded`` but builds records one at a time (the full catalogue has ~10^5)."""
-        yield from self._excluded
+    def excluded_count(self) -> int:
+        return len(self._excluded) + sum(b.table.excluded_count for b in self._blocks)
+
+    def iter_jobs(self) -> Iterator[Job]:
+        """The jobs in order, made one at a time."""
+        yield from self._jobs
         if self._expander:
             make = self._expander.job_of
             for b in self._blocks:
-                for mask, rules in b.table.excluded:
+                for mask in b.table.accepted:
+                    yield make(b.distro, b.release, b.board, b.kernel, mask)
+
+    def waived_jobs(self) -> Iterator[Job]:
+        """The jobs a recipe's waiver lets through (the whole catalogue has no waivers)."""
+        return (job for job in self._jobs if job.waived)
+
+    def iter_excluded(self) -> Iterator[Excluded]:
+        """Like ``excluded`` but builds records one at a time (the whole catalogue has billions
+        with 30 options)."""
+        yield from self._excluded
+        if self._expander:
+            make = self._expander.excluded_job_of
+            for b in self._blocks:
+                for mask, rules in b.table.tree.excluded():
                     yield Excluded(make(b.distro, b.release, b.board, b.kernel, mask), rules)
 
     def examples(self) -> dict[str, str]:
-        """One excluded job id per rule."""
-        want = set(self.rule_counts())
+        """One excluded job id per rule, among those counted under it."""
         found: dict[str, str] = {}
-        for exc in self.iter_excluded():
+        for exc in self._excluded:
             for rule in exc.rules:
                 found.setdefault(rule, exc.job.id)
-            if len(found) == len(want):
-                break
+        if self._expander:
+            make = self._expander.excluded_job_of
+            for b in self._blocks:
+                for rule, mask in b.table.examples.items():
+                    if rule not in found:
+                        found[rule] = make(b.distro, b.release, b.board, b.kernel, mask).id
         return found
 
     def rule_counts(self) -> dict[str, int]:
+        """Rule id -> how many excluded combinations are counted under it (see ``_OptionTree``)."""
         counts: dict[str, int] = {}
         for exc in self._excluded:
             for rule in exc.rules:
@@ -271,12 +309,200 @@ class _DistroIndex:
         return found
 
 
+class _OptionTree:
+    """The option sets of one distro under one set of active rules, walked as a tree of decisions.
+
+    Options are decided one at a time in the distro's ``order``, each left out before it is put
+    in. A node is not entered when what is decided so far rules out every completion: conflicts
+    and rules only grow with the implied closure, and a required option that no undecided option
+    can bring in stays missing. The candidates of such a subtree are counted, not listed, and
+    each is counted under the rules that fire at that node: a combination is counted under the
+    rules that exclude it as soon as the options decided so far, in the distro's order, rule it
+    out; a complete option set gets its full verdict. Sets where one option implies another are
+    not candidates (``_DistroIndex.canonical``) and are never entered. ``wanted`` are options
+    every job must have (--option): a subtree that can no longer bring one of them in is neither
+    entered nor counted. Accepted option sets are sorted into job order (ascending masks);
+    excluded ones stream in walk order.
+    """
+
+    def __init__(self, ix: _DistroIndex, active: tuple[int, ...], wanted: int):
+        self.ix = ix
+        self.wanted = wanted
+        self._rules = [(ix.rules[i].id, ix.rules[i].all_mask, ix.rules[i].any_mask) for i in active]
+        self._bits = [(o, ix.bit[o]) for o in ix.options]
+        self._requirers = [(o, ix.bit[o], ix.requires[o]) for o in ix.options if ix.requires[o]]
+        self._conflicters = [(o, ix.bit[o], ix.conflicts[o]) for o in ix.options if ix.conflicts[o]]
+        decided = ix.options  # position q decides decided[q]
+        self.depth = len(decided)
+        self.bit = [ix.bit[o] for o in decided]
+        self.closure = [ix.closure_one[o] for o in decided]
+        self.implied = [ix.closure_one[o] & ~ix.bit[o] for o in decided]
+        self.needs = [self._union(ix.requires, c) for c in self.closure]
+        self.clashes = [self._union(ix.conflicts, c) for c in self.closure]
+        self.reach = self._suffix_unions(self.closure)
+        self.undecided = self._suffix_unions(self.bit)
+        self.later_implied = self._suffix_unions(self.implied)
+        self._counts: dict[tuple[int, int, int, int], int] = {}
+
+    def _union(self, per_option: dict[str, int], mask: int) -> int:
+        out = 0
+        for o in self.ix.options:
+            if mask & self.ix.bit[o]:
+                out |= per_option[o]
+        return out
+
+    @staticmethod
+    def _suffix_unions(masks: list[int]) -> list[int]:
+        """[m[q] | m[q+1] | ... for each q], with a final 0 for 'nothing left to decide'."""
+        out = [0] * (len(masks) + 1)
+        for q in range(len(masks) - 1, -1, -1):
+            out[q] = out[q + 1] | masks[q]
+        return out
+
+    def table(self) -> _Table:
+        """Walk once: the accepted option sets, and the excluded ones counted per rule."""
+        accepted: list[int] = []
+        counts: dict[str, int] = {}
+        examples: dict[str, int] = {}
+        excluded = 0
+        for q, chosen, closure, reasons in self._walk():
+            if not reasons:
+                accepted.append(chosen)
+                continue
+            n = self.count(q, chosen, closure)
+            if not n:
+                continue
+            excluded += n
+            for rule in reasons:
+                counts[rule] = counts.get(rule, 0) + n
+                best = examples.get(rule)
+                if best is None or chosen < best:  # a completion is never below its chosen options
+                    first = next(self.completions(q, chosen, closure))
+                    examples[rule] = first if best is None else min(first, best)
+        return _Table(self, tuple(sorted(accepted)), len(accepted) + excluded, counts, examples)
+
+    def excluded(self) -> Iterator[tuple[int, tuple[str, ...]]]:
+        """Every excluded option set with the rules it is counted under, in walk order."""
+        for q, chosen, closure, reasons in self._walk():
+            if reasons:
+                for mask in self.completions(q, chosen, closure):
+                    yield mask, reasons
+
+    def verdict_of(self, mask: int) -> tuple[str, ...]:
+        """The rules a canonical option set is counted under (() if it is accepted): the walk's
+        verdict for it, found by following its own decisions only."""
+        chosen = closure = needs = clashes = 0
+        grew = True
+        q = 0
+        while not (reasons := self._ruled_out(q, closure, needs, clashes, grew)) and q < self.depth:
+            grew = bool(mask & self.bit[q])
+            if grew:
+                chosen |= self.bit[q]
+                closure |= self.closure[q]
+                needs |= self.needs[q]
+                clashes |= self.clashes[q]
+            q += 1
+        return reasons
+
+    def _walk(self) -> Iterator[tuple[int, int, int, tuple[str, ...]]]:
+        """(position, chosen, closure, reasons) of each node the walk stops at: accepted option
+        sets (no reasons) and ruled-out subtrees."""
+        depth, wanted, reach, bit = self.depth, self.wanted, self.reach, self.bit
+        closure_of, implied, needs_of, clashes_of = self.closure, self.implied, self.needs, self.clashes
+        ruled_out = self._ruled_out
+        stack = [(0, 0, 0, 0, 0, True)]
+        pop, push = stack.pop, stack.append
+        while stack:
+            q, chosen, closure, needs, clashes, grew = pop()
+            if wanted & ~closure & ~reach[q]:
+                continue
+            # most nodes leave an option out and have no requirement newly lost: nothing to check
+            reasons = ruled_out(q, closure, needs, clashes, grew) if grew or needs & ~closure else ()
+            if reasons or q == depth:
+                yield q, chosen, closure, reasons
+                continue
+            b = bit[q]
+            if not (closure & b or implied[q] & chosen):
+                push((q + 1, chosen | b, closure | closure_of[q], needs | needs_of[q], clashes | clashes_of[q], True))
+            push((q + 1, chosen, closure, needs, clashes, False))
+
+    def _ruled_out(self, q: int, closure: int, needs: int, clashes: int, grew: bool) -> tuple[str, ...]:
+        """Why no completion of this node can be built; only requires can newly fire when the
+        last decision left an option out (the closure did not grow)."""
+        missing = needs & ~closure & ~self.reach[q]
+        if not missing and not grew:
+            return ()
+        reasons: list[str] = []
+        if missing:
+            for o, bit, required in self._requirers:
+                if closure & bit and required & missing:
+                    reasons.extend(f"{o}-requires-{r}" for r in self._names(required & missing))
+        if grew:
+            if clashes & closure:
+                for o, bit, conflicting in self._conflicters:
+                    if closure & bit and conflicting & closure:
+                        reasons.extend(f"{o}-conflicts-{c}" for c in self._names(conflicting & closure))
+            for rule_id, all_of, any_of in self._rules:
+                if closure & all_of == all_of and (not any_of or closure & any_of):
+                    reasons.append(rule_id)
+        return tuple(reasons)
+
+    def _names(self, mask: int) -> list[str]:
+        # not ix.names: that caches every mask it sees, and prune points are many
+        return [o for o, bit in self._bits if mask & bit]
+
+    def count(self, q: int, chosen: int, closure: int) -> int:
+        """How many canonical completions of a node have every wanted option."""
+        return self._count(q, closure & self.undecided[q], chosen & self.later_implied[q], closure & self.wanted)
+
+    def _count(self, q: int, blocked: int, implying: int, have: int) -> int:
+        # The key keeps only what the undecided options care about: which of them the closure
+        # already holds (they cannot be chosen), which chosen options one of them implies (it
+        # cannot be chosen either), and which wanted options the closure holds.
+        key = (q, blocked, implying, have)
+        found = self._counts.get(key)
+        if found is not None:
+            return found
+        if q == self.depth:
+            found = int(have == self.wanted)
+        elif self.wanted & ~have & ~self.reach[q]:
+            found = 0
+        else:
+            nxt = q + 1
+            undecided, later = self.undecided[nxt], self.later_implied[nxt]
+            found = self._count(nxt, blocked & undecided, implying & later, have)
+            if not (blocked & self.bit[q] or self.implied[q] & implying):
+                c = self.closure[q]
+                found += self._count(
+                    nxt, (blocked | c) & undecided, (implying | self.bit[q]) & later, have | (c & self.wanted)
+                )
+        self._counts[key] = found
+        return found
+
+    def completions(self, q: int, chosen: int, closure: int) -> Iterator[int]:
+        """The canonical completions of a node that have every wanted option."""
+        depth = self.depth
+        stack = [(q, chosen, closure)]
+        while stack:
+            q, chosen, closure = stack.pop()
+            if self.wanted and not self.count(q, chosen, closure):
+                continue
+            if q == depth:
+                yield chosen
+                continue
+            b = self.bit[q]
+            if not (closure & b or self.implied[q] & chosen):
+                stack.append((q + 1, chosen | b, closure | self.closure[q]))
+            stack.append((q + 1, chosen, closure))
+
+
 class Expander:
     """Turns candidates into Jobs and Exclusions for one catalogue."""
 
     def __init__(self, catalog: Catalog):
         self.catalog = catalog
         self.index = {name: _DistroIndex(catalog, name) for name in catalog.distros}
+        self._tables: dict[tuple[str, tuple[int, ...], int], _Table] = {}
 
     def job_of(
         self, distro: str, release: str, board: str, kernel: str, mask: int, waived: tuple[tuple[str, str], ...] = ()
@@ -285,49 +511,115 @@ class Expander:
         default = ix.distro.releases[release].default_kernel if release in ix.distro.releases else kernel
         return Job(distro, release, board, kernel, ix.names(mask), kernel == default, waived)
 
+    def excluded_job_of(self, distro: str, release: str, board: str, kernel: str, mask: int) -> Job:
+        """Like ``job_of`` without remembering the option names of ``mask``: there can be
+        billions of excluded option sets."""
+        ix = self.index[distro]
+        names = tuple(o for o in ix.options if mask & ix.bit[o])
+        return Job(distro, release, board, kernel, names, kernel == ix.distro.releases[release].default_kernel)
+
     def closure_names(self, job: Job) -> tuple[str, ...]:
         """The job's options with everything they imply."""
         ix = self.index[job.distro]
         return ix.names(ix.closure(ix.mask(job.options)))
 
-    def expand_all(self) -> Plan:
-        """Every board x distro x release x kernel x option subset of the catalogue."""
-        jobs: list[Job] = []
+    def expand_all(self, sel: Selection | None = None) -> Plan:
+        """Every board x distro x release x kernel x canonical option set of the catalogue that
+        ``sel`` selects (names in it are assumed valid: see ``validate_selection``)."""
+        sel = sel or Selection()
+        if sel.job_ids:
+            return self._expand_job_ids(sel)
         blocks: list[_Block] = []
-        candidates = 0
         for dname, ix in self.index.items():
-            masks = [m for m in range(1 << len(ix.options)) if ix.canonical(m) == m]
-            boards = [(b, f.arch) for b, f in sorted(self.catalog.boards.items()) if dname in f.distros]
-            tables: dict[tuple[int, ...], _Table] = {}
-            for release, rel in ix.distro.releases.items():
-                for kernel in ix.distro.kernels:
-                    is_default = kernel == rel.default_kernel
-                    for board, arch in boards:
-                        active = ix.active_rules(board, arch, release, kernel)
-                        table = tables.get(active)
-                        if table is None:
-                            table = tables[active] = self._table(ix, active, masks)
-                        candidates += len(masks)
-                        names = ix.names
-                        jobs.extend(Job(dname, release, board, kernel, names(m), is_default) for m in table.accepted)
-                        if table.excluded:
-                            blocks.append(_Block(dname, release, board, kernel, table))
-        return Plan("the whole catalogue", jobs, candidates, _blocks=blocks, _expander=self)
+            if (sel.distros and dname not in sel.distros) or not set(sel.options) <= set(ix.bit):
+                continue
+            wanted = ix.mask(sel.options)
+            for release, kernel, board, arch in self._bases(ix, sel):
+                table = self._table(ix, ix.active_rules(board, arch, release, kernel), wanted)
+                if table.candidates:
+                    blocks.append(_Block(dname, release, board, kernel, table))
+        candidates = sum(b.table.candidates for b in blocks)
+        return Plan("the whole catalogue", candidates=candidates, _blocks=blocks, _expander=self)
 
-    @staticmethod
-    def _table(ix: _DistroIndex, active: tuple[int, ...], masks: list[int]) -> _Table:
-        accepted: list[int] = []
-        excluded: list[tuple[int, tuple[str, ...]]] = []
-        counts: dict[str, int] = {}
-        for mask in masks:
-            reasons = ix.verdict(active, mask)
-            if reasons:
-                excluded.append((mask, reasons))
-                for r in reasons:
-                    counts[r] = counts.get(r, 0) + 1
-            else:
-                accepted.append(mask)
-        return _Table(tuple(accepted), tuple(excluded), counts)
+    def _bases(self, ix: _DistroIndex, sel: Selection) -> Iterator[tuple[str, str, str, str]]:
+        """(release, kernel, board, arch) of a distro that ``sel`` selects, in job order."""
+        boards = [
+            (b, f.arch)
+            for b, f in sorted(self.catalog.boards.items())
+            if ix.name in f.distros and (not sel.boards or b in sel.boards)
+        ]
+        for release in ix.distro.releases:
+            if sel.releases and release not in sel.releases:
+                continue
+            for kernel in ix.distro.kernels:
+                if sel.kernels and kernel not in sel.kernels:
+                    continue
+                for board, arch in boards:
+                    yield release, kernel, board, arch
+
+    def _table(self, ix: _DistroIndex, active: tuple[int, ...], wanted: int) -> _Table:
+        """The walk of a distro's option sets under the rules active for a base, done once."""
+        key = (ix.name, active, wanted)
+        table = self._tables.get(key)
+        if table is None:
+            table = self._tables[key] = _OptionTree(ix, active, wanted).table()
+        return table
+
+    def _expand_job_ids(self, sel: Selection) -> Plan:
+        """The whole catalogue narrowed to named jobs: each id is one candidate at most."""
+        found: dict[str, tuple[tuple[int, ...], Job, tuple[str, ...]]] = {}
+        for job_id in dict.fromkeys(sel.job_ids):
+            hit = self._candidate(job_id, sel)
+            if hit is not None:
+                found[job_id] = hit
+        ordered = sorted(found.values(), key=lambda hit: hit[0])
+        jobs = [job for _, job, reasons in ordered if not reasons]
+        excluded = [Excluded(job, reasons) for _, job, reasons in ordered if reasons]
+        for job_id in sel.job_ids:
+            hit = found.get(job_id)
+            if hit is None:
+                every = (j.id for j in self.expand_all().iter_jobs())
+                raise UserError(
+                    f"no job '{job_id}' in the whole catalogue", where="JOB_ID", hint=suggest(job_id, every)
+                )
+            if hit[2]:
+                raise _excluded_job(self.catalog, job_id, hit[2])
+        return Plan("the whole catalogue", jobs, len(jobs) + len(excluded), excluded, _expander=self)
+
+    def _candidate(self, job_id: str, sel: Selection) -> tuple[tuple[int, ...], Job, tuple[str, ...]] | None:
+        """(job-order key, job, rules it is counted under) of the candidate an id names, if the
+        id is canonical and the rest of ``sel`` selects it."""
+        try:
+            distro, release, board, kernel, options = parse_job_id(self.catalog, job_id)
+        except UserError:
+            return None
+        ix = self.index[distro]
+        if kernel == "default":
+            kernel = ix.distro.releases[release].default_kernel
+        bfile = self.catalog.boards[board]
+        mask = ix.mask(options)
+        job = self.job_of(distro, release, board, kernel, mask)
+        wanted = ix.mask(o for o in sel.options if o in ix.bit)
+        if (
+            distro not in bfile.distros
+            or ix.canonical(mask) != mask
+            or job.id != job_id
+            or not set(sel.options) <= set(ix.bit)
+            or ix.closure(mask) & wanted != wanted
+            or (release, kernel, board, bfile.arch) not in set(self._bases(ix, sel))
+            or (sel.distros and distro not in sel.distros)
+        ):
+            return None
+        reasons = _OptionTree(ix, ix.active_rules(board, bfile.arch, release, kernel), wanted).verdict_of(mask)
+        boards = sorted(self.catalog.boards)
+        key = (
+            list(self.index).index(distro),
+            list(ix.distro.releases).index(release),
+            list(ix.distro.kernels).index(kernel),
+            boards.index(board),
+            mask,
+        )
+        return key, job, reasons
 
     def expand_recipe(self, name: str) -> Plan:
         recipe = self.catalog.recipe(name)
@@ -519,12 +811,15 @@ def select(plan: Plan, sel: Selection, catalog: Catalog) -> Plan:
             hint = suggest(job_id, [j.id for j in plan.jobs])
             why = next((e for e in excluded if e.job.id == job_id), None)
             if why:
-                raise UserError(
-                    f"job '{job_id}' is excluded by {', '.join(why.rules)}: {summary_of(catalog, why.rules[0])}",
-                    where="JOB_ID",
-                )
+                raise _excluded_job(catalog, job_id, why.rules)
             raise UserError(f"no job '{job_id}' in {plan.source}", where="JOB_ID", hint=hint)
     return Plan(plan.source, jobs, len(jobs) + len(excluded), excluded, _expander=plan._expander)
+
+
+def _excluded_job(catalog: Catalog, job_id: str, rules: tuple[str, ...]) -> UserError:
+    return UserError(
+        f"job '{job_id}' is excluded by {', '.join(rules)}: {summary_of(catalog, rules[0])}", where="JOB_ID"
+    )
 
 
 def validate_selection(sel: Selection, catalog: Catalog) -> None:
@@ -561,7 +856,8 @@ def make_plan(catalog: Catalog, *, recipe: str | None, everything: bool, sel: Se
     """The plan the CLI shows and builds: a recipe, the whole catalogue, or the jobs flags name."""
     expander = Expander(catalog)
     if everything:
-        return select(expander.expand_all(), sel, catalog)
+        validate_selection(sel, catalog)
+        return expander.expand_all(sel)
     if recipe:
         plan = select(expander.expand_recipe(recipe), sel, catalog)
         if not plan.jobs:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterable
+from json.encoder import encode_basestring_ascii as _quote
 from typing import Any
 
 
@@ -61,3 +63,60 @@ def _rich_table(title: str | None, columns: list[str], rows: list[list[str]], ca
     for row in rows:
         table.add_row(*row)
     Console().print(table)
+
+
+class JsonArray:
+    """A JSON array that ``print_json_fields`` writes item by item, as the items are made."""
+
+    def __init__(self, items: Iterable[Any]):
+        self.items = items
+
+
+def print_json_fields(fields: Iterable[tuple[str, Any]]) -> None:
+    """Write a JSON object exactly as ``print_json`` would, one field at a time; a ``JsonArray``
+    value is streamed, so the whole document is never held in memory."""
+    out = sys.stdout
+    out.write("{")
+    empty = True
+    for key, value in fields:
+        out.write(("\n" if empty else ",\n") + "  " + json.dumps(key) + ": ")
+        empty = False
+        if isinstance(value, JsonArray):
+            _write_json_array(value.items)
+        else:
+            out.write(indented_json(value, "  "))
+    out.write("}\n" if empty else "\n}\n")
+
+
+def _write_json_array(items: Iterable[Any]) -> None:
+    out = sys.stdout
+    empty = True
+    for item in items:
+        out.write(("[\n" if empty else ",\n") + "    " + indented_json(item, "    "))
+        empty = False
+    out.write("[]" if empty else "\n  ]")
+
+
+def indented_json(value: Any, prefix: str = "") -> str:
+    """``json.dumps(value, indent=2)`` with every line after the first behind ``prefix``.
+
+    json's indenting encoder is pure Python and costly to set up per call; this one leaves
+    scalars to the C encoder, which matters when a stream has 10^5 small records."""
+    if isinstance(value, str):
+        return _quote(value)
+    if isinstance(value, dict):
+        if not value:
+            return "{}"
+        inner = prefix + "  "
+        items = []
+        for k, v in value.items():
+            if not isinstance(k, str):  # json turns such keys into strings its own way
+                return json.dumps(value, indent=2).replace("\n", "\n" + prefix)
+            items.append(f"{inner}{_quote(k)}: {indented_json(v, inner)}")
+        return "{\n" + ",\n".join(items) + "\n" + prefix + "}"
+    if isinstance(value, (list, tuple)):
+        if not value:
+            return "[]"
+        inner = prefix + "  "
+        return "[\n" + ",\n".join([inner + indented_json(v, inner) for v in value]) + "\n" + prefix + "]"
+    return json.dumps(value)
