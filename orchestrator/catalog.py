@@ -665,9 +665,11 @@ def check_recipe(catalog: Catalog, doc: YamlDoc, recipe: RecipeFile) -> None:
 
 def derived_rule_ids(catalog: Catalog) -> set[str]:
     """Rule ids that come from option requires/conflicts rather than a distro's rules list."""
+    from .rules import conflicts_rule, requires_rule
+
     ids: set[str] = set()
     for name, option in catalog.options.items():
         for odistro in option.distros.values():
-            ids.update(f"{name}-requires-{o}" for o in odistro.requires)
-            ids.update(f"{name}-conflicts-{o}" for o in odistro.conflicts)
+            ids.update(requires_rule(name, o) for o in odistro.requires)
+            ids.update(conflicts_rule(name, o) for o in odistro.conflicts)
     return ids

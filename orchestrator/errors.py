@@ -26,7 +26,8 @@ class UserError(CipbuildError):
         text = f"{self.where}: {self.message}" if self.where else self.message
         if self.hint:
             text += f" ({self.hint})"
-        return text
+        # one line, whatever a file or an argument smuggled into the message
+        return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class ConfigError(UserError):

@@ -2,7 +2,7 @@
 
 Pure functions over the catalogue. Option sets are bit masks. The whole catalogue (every board
 x distro x release x kernel x option subset) is walked as a tree of option decisions that the
-rules prune (``_OptionTree``): its cost follows the jobs, not the 2^options candidates, which
+rules prune (``OptionTree``): its cost follows the jobs, not the 2^options candidates, which
 are counted rather than listed.
 """
 
@@ -17,7 +17,10 @@ from functools import cached_property
 
 from .catalog import Catalog, suggest
 from .errors import UserError
-from .models import Condition, RecipeFile, Selector
+from .jobids import grammars_of, parse
+from .models import Condition, RecipeFile
+from .optiontree import OptionTree, Table
+from .rules import DistroIndex, conflicts_rule, matches_base, matches_options, requires_rule
 
 # Exclusions that come from the catalogue's shape rather than from a rule file.
 NO_BOARD = "board-not-in-distro"
@@ -91,23 +94,7 @@ class _Block:
     release: str
     board: str
     kernel: str
-    table: _Table
-
-
-@dataclass(frozen=True)
-class _Table:
-    """What one walk of an option tree found: the accepted option sets in job order, how many
-    option sets it counted under each rule, and a small one of those per rule (an example)."""
-
-    tree: _OptionTree
-    accepted: tuple[int, ...]
-    candidates: int
-    counts: dict[str, int]
-    examples: dict[str, int]
-
-    @property
-    def excluded_count(self) -> int:
-        return self.candidates - len(self.accepted)
+    table: Table
 
 
 @dataclass
@@ -177,7 +164,7 @@ class Plan:
         return found
 
     def rule_counts(self) -> dict[str, int]:
-        """Rule id -> how many excluded combinations are counted under it (see ``_OptionTree``)."""
+        """Rule id -> how many excluded combinations are counted under it (see ``OptionTree``)."""
         counts: dict[str, int] = {}
         for exc in self._excluded:
             for rule in exc.rules:
@@ -188,321 +175,13 @@ class Plan:
         return counts
 
 
-def _version(text: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in text.split("."))
-
-
-def _selects(sel: Selector | None, value: str, *, version: bool = False) -> bool:
-    if sel is None:
-        return True
-    if sel.any_of is not None and value not in sel.any_of:
-        return False
-    if sel.none_of is not None and value in sel.none_of:
-        return False
-    if version and (sel.below is not None or sel.at_least is not None):
-        v = _version(value)
-        if sel.below is not None and not v < _version(sel.below):
-            return False
-        if sel.at_least is not None and not v >= _version(sel.at_least):
-            return False
-    return True
-
-
-@dataclass(frozen=True)
-class _Rule:
-    id: str
-    when: Condition
-    all_mask: int
-    any_mask: int
-
-    def matches_base(self, board: str, arch: str, release: str, kernel: str) -> bool:
-        w = self.when
-        return (
-            _selects(w.board, board)
-            and _selects(w.arch, arch)
-            and _selects(w.release, release)
-            and _selects(w.kernel, kernel, version=True)
-        )
-
-    def matches_options(self, closure: int) -> bool:
-        return closure & self.all_mask == self.all_mask and (not self.any_mask or bool(closure & self.any_mask))
-
-
-class _DistroIndex:
-    """A distro's options as bits, with implied closures and compiled rules."""
-
-    def __init__(self, catalog: Catalog, name: str):
-        self.name = name
-        self.distro = catalog.distros[name]
-        self.options = catalog.options_of(name)
-        self.bit = {o: 1 << i for i, o in enumerate(self.options)}
-        self._names: dict[int, tuple[str, ...]] = {}
-        self._closure: dict[int, int] = {}
-        spec = {o: catalog.options[o].distros[name] for o in self.options}
-        direct = {o: self.mask(spec[o].implies) for o in self.options}
-        self.closure_one: dict[str, int] = {}
-        for o in self.options:
-            seen, todo = self.bit[o], direct[o]
-            while todo & ~seen:
-                seen |= todo
-                todo = 0
-                for other in self.names(seen):
-                    todo |= direct[other]
-            self.closure_one[o] = seen
-        self.requires = {o: self.mask(spec[o].requires) for o in self.options}
-        self.conflicts = {o: self.mask(spec[o].conflicts) for o in self.options}
-        self.rules = [
-            _Rule(r.id, r.when, self.mask(r.when.options or []), self.mask(r.when.options_any or []))
-            for r in self.distro.rules
-        ]
-        self._verdicts: dict[tuple[tuple[int, ...], int], tuple[str, ...]] = {}
-
-    def mask(self, names: Iterable[str]) -> int:
-        m = 0
-        for n in names:
-            m |= self.bit[n]
-        return m
-
-    def names(self, mask: int) -> tuple[str, ...]:
-        found = self._names.get(mask)
-        if found is None:
-            found = self._names[mask] = tuple(o for o in self.options if mask & self.bit[o])
-        return found
-
-    def closure(self, mask: int) -> int:
-        found = self._closure.get(mask)
-        if found is None:
-            found = 0
-            for o in self.names(mask):
-                found |= self.closure_one[o]
-            self._closure[mask] = found
-        return found
-
-    def canonical(self, mask: int) -> int:
-        """Drop options another selected option already implies (security+swupdate == security)."""
-        implied = 0
-        for o in self.names(mask):
-            implied |= self.closure_one[o] & ~self.bit[o]
-        return mask & ~implied
-
-    def active_rules(self, board: str, arch: str, release: str, kernel: str) -> tuple[int, ...]:
-        return tuple(i for i, r in enumerate(self.rules) if r.matches_base(board, arch, release, kernel))
-
-    def verdict(self, active: tuple[int, ...], mask: int) -> tuple[str, ...]:
-        """Ids of every rule that excludes this option set, given the rules active for its base."""
-        key = (active, mask)
-        found = self._verdicts.get(key)
-        if found is not None:
-            return found
-        closure = self.closure(mask)
-        reasons: list[str] = []
-        for o in self.names(closure):
-            missing = self.requires[o] & ~closure
-            if missing:
-                reasons.extend(f"{o}-requires-{r}" for r in self.names(missing))
-        for o in self.names(closure):
-            clash = self.conflicts[o] & closure
-            if clash:
-                reasons.extend(f"{o}-conflicts-{c}" for c in self.names(clash))
-        reasons.extend(self.rules[i].id for i in active if self.rules[i].matches_options(closure))
-        found = self._verdicts[key] = tuple(reasons)
-        return found
-
-
-class _OptionTree:
-    """The option sets of one distro under one set of active rules, walked as a tree of decisions.
-
-    Options are decided one at a time in the distro's ``order``, each left out before it is put
-    in. A node is not entered when what is decided so far rules out every completion: conflicts
-    and rules only grow with the implied closure, and a required option that no undecided option
-    can bring in stays missing. The candidates of such a subtree are counted, not listed, and
-    each is counted under the rules that fire at that node: a combination is counted under the
-    rules that exclude it as soon as the options decided so far, in the distro's order, rule it
-    out; a complete option set gets its full verdict. Sets where one option implies another are
-    not candidates (``_DistroIndex.canonical``) and are never entered. ``wanted`` are options
-    every job must have (--option): a subtree that can no longer bring one of them in is neither
-    entered nor counted. Accepted option sets are sorted into job order (ascending masks);
-    excluded ones stream in walk order.
-    """
-
-    def __init__(self, ix: _DistroIndex, active: tuple[int, ...], wanted: int):
-        self.ix = ix
-        self.wanted = wanted
-        self._rules = [(ix.rules[i].id, ix.rules[i].all_mask, ix.rules[i].any_mask) for i in active]
-        self._bits = [(o, ix.bit[o]) for o in ix.options]
-        self._requirers = [(o, ix.bit[o], ix.requires[o]) for o in ix.options if ix.requires[o]]
-        self._conflicters = [(o, ix.bit[o], ix.conflicts[o]) for o in ix.options if ix.conflicts[o]]
-        decided = ix.options  # position q decides decided[q]
-        self.depth = len(decided)
-        self.bit = [ix.bit[o] for o in decided]
-        self.closure = [ix.closure_one[o] for o in decided]
-        self.implied = [ix.closure_one[o] & ~ix.bit[o] for o in decided]
-        self.needs = [self._union(ix.requires, c) for c in self.closure]
-        self.clashes = [self._union(ix.conflicts, c) for c in self.closure]
-        self.reach = self._suffix_unions(self.closure)
-        self.undecided = self._suffix_unions(self.bit)
-        self.later_implied = self._suffix_unions(self.implied)
-        self._counts: dict[tuple[int, int, int, int], int] = {}
-
-    def _union(self, per_option: dict[str, int], mask: int) -> int:
-        out = 0
-        for o in self.ix.options:
-            if mask & self.ix.bit[o]:
-                out |= per_option[o]
-        return out
-
-    @staticmethod
-    def _suffix_unions(masks: list[int]) -> list[int]:
-        """[m[q] | m[q+1] | ... for each q], with a final 0 for 'nothing left to decide'."""
-        out = [0] * (len(masks) + 1)
-        for q in range(len(masks) - 1, -1, -1):
-            out[q] = out[q + 1] | masks[q]
-        return out
-
-    def table(self) -> _Table:
-        """Walk once: the accepted option sets, and the excluded ones counted per rule."""
-        accepted: list[int] = []
-        counts: dict[str, int] = {}
-        examples: dict[str, int] = {}
-        excluded = 0
-        for q, chosen, closure, reasons in self._walk():
-            if not reasons:
-                accepted.append(chosen)
-                continue
-            n = self.count(q, chosen, closure)
-            if not n:
-                continue
-            excluded += n
-            for rule in reasons:
-                counts[rule] = counts.get(rule, 0) + n
-                best = examples.get(rule)
-                if best is None or chosen < best:  # a completion is never below its chosen options
-                    first = next(self.completions(q, chosen, closure))
-                    examples[rule] = first if best is None else min(first, best)
-        return _Table(self, tuple(sorted(accepted)), len(accepted) + excluded, counts, examples)
-
-    def excluded(self) -> Iterator[tuple[int, tuple[str, ...]]]:
-        """Every excluded option set with the rules it is counted under, in walk order."""
-        for q, chosen, closure, reasons in self._walk():
-            if reasons:
-                for mask in self.completions(q, chosen, closure):
-                    yield mask, reasons
-
-    def verdict_of(self, mask: int) -> tuple[str, ...]:
-        """The rules a canonical option set is counted under (() if it is accepted): the walk's
-        verdict for it, found by following its own decisions only."""
-        chosen = closure = needs = clashes = 0
-        grew = True
-        q = 0
-        while not (reasons := self._ruled_out(q, closure, needs, clashes, grew)) and q < self.depth:
-            grew = bool(mask & self.bit[q])
-            if grew:
-                chosen |= self.bit[q]
-                closure |= self.closure[q]
-                needs |= self.needs[q]
-                clashes |= self.clashes[q]
-            q += 1
-        return reasons
-
-    def _walk(self) -> Iterator[tuple[int, int, int, tuple[str, ...]]]:
-        """(position, chosen, closure, reasons) of each node the walk stops at: accepted option
-        sets (no reasons) and ruled-out subtrees."""
-        depth, wanted, reach, bit = self.depth, self.wanted, self.reach, self.bit
-        closure_of, implied, needs_of, clashes_of = self.closure, self.implied, self.needs, self.clashes
-        ruled_out = self._ruled_out
-        stack = [(0, 0, 0, 0, 0, True)]
-        pop, push = stack.pop, stack.append
-        while stack:
-            q, chosen, closure, needs, clashes, grew = pop()
-            if wanted & ~closure & ~reach[q]:
-                continue
-            # most nodes leave an option out and have no requirement newly lost: nothing to check
-            reasons = ruled_out(q, closure, needs, clashes, grew) if grew or needs & ~closure else ()
-            if reasons or q == depth:
-                yield q, chosen, closure, reasons
-                continue
-            b = bit[q]
-            if not (closure & b or implied[q] & chosen):
-                push((q + 1, chosen | b, closure | closure_of[q], needs | needs_of[q], clashes | clashes_of[q], True))
-            push((q + 1, chosen, closure, needs, clashes, False))
-
-    def _ruled_out(self, q: int, closure: int, needs: int, clashes: int, grew: bool) -> tuple[str, ...]:
-        """Why no completion of this node can be built; only requires can newly fire when the
-        last decision left an option out (the closure did not grow)."""
-        missing = needs & ~closure & ~self.reach[q]
-        if not missing and not grew:
-            return ()
-        reasons: list[str] = []
-        if missing:
-            for o, bit, required in self._requirers:
-                if closure & bit and required & missing:
-                    reasons.extend(f"{o}-requires-{r}" for r in self._names(required & missing))
-        if grew:
-            if clashes & closure:
-                for o, bit, conflicting in self._conflicters:
-                    if closure & bit and conflicting & closure:
-                        reasons.extend(f"{o}-conflicts-{c}" for c in self._names(conflicting & closure))
-            for rule_id, all_of, any_of in self._rules:
-                if closure & all_of == all_of and (not any_of or closure & any_of):
-                    reasons.append(rule_id)
-        return tuple(reasons)
-
-    def _names(self, mask: int) -> list[str]:
-        # not ix.names: that caches every mask it sees, and prune points are many
-        return [o for o, bit in self._bits if mask & bit]
-
-    def count(self, q: int, chosen: int, closure: int) -> int:
-        """How many canonical completions of a node have every wanted option."""
-        return self._count(q, closure & self.undecided[q], chosen & self.later_implied[q], closure & self.wanted)
-
-    def _count(self, q: int, blocked: int, implying: int, have: int) -> int:
-        # The key keeps only what the undecided options care about: which of them the closure
-        # already holds (they cannot be chosen), which chosen options one of them implies (it
-        # cannot be chosen either), and which wanted options the closure holds.
-        key = (q, blocked, implying, have)
-        found = self._counts.get(key)
-        if found is not None:
-            return found
-        if q == self.depth:
-            found = int(have == self.wanted)
-        elif self.wanted & ~have & ~self.reach[q]:
-            found = 0
-        else:
-            nxt = q + 1
-            undecided, later = self.undecided[nxt], self.later_implied[nxt]
-            found = self._count(nxt, blocked & undecided, implying & later, have)
-            if not (blocked & self.bit[q] or self.implied[q] & implying):
-                c = self.closure[q]
-                found += self._count(
-                    nxt, (blocked | c) & undecided, (implying | self.bit[q]) & later, have | (c & self.wanted)
-                )
-        self._counts[key] = found
-        return found
-
-    def completions(self, q: int, chosen: int, closure: int) -> Iterator[int]:
-        """The canonical completions of a node that have every wanted option."""
-        depth = self.depth
-        stack = [(q, chosen, closure)]
-        while stack:
-            q, chosen, closure = stack.pop()
-            if self.wanted and not self.count(q, chosen, closure):
-                continue
-            if q == depth:
-                yield chosen
-                continue
-            b = self.bit[q]
-            if not (closure & b or self.implied[q] & chosen):
-                stack.append((q + 1, chosen | b, closure | self.closure[q]))
-            stack.append((q + 1, chosen, closure))
-
-
 class Expander:
     """Turns candidates into Jobs and Exclusions for one catalogue."""
 
     def __init__(self, catalog: Catalog):
         self.catalog = catalog
-        self.index = {name: _DistroIndex(catalog, name) for name in catalog.distros}
-        self._tables: dict[tuple[str, tuple[int, ...], int], _Table] = {}
+        self.index = {name: DistroIndex(catalog, name) for name in catalog.distros}
+        self._tables: dict[tuple[str, tuple[int, ...], int], Table] = {}
 
     def job_of(
         self, distro: str, release: str, board: str, kernel: str, mask: int, waived: tuple[tuple[str, str], ...] = ()
@@ -541,7 +220,7 @@ class Expander:
         candidates = sum(b.table.candidates for b in blocks)
         return Plan("the whole catalogue", candidates=candidates, _blocks=blocks, _expander=self)
 
-    def _bases(self, ix: _DistroIndex, sel: Selection) -> Iterator[tuple[str, str, str, str]]:
+    def _bases(self, ix: DistroIndex, sel: Selection) -> Iterator[tuple[str, str, str, str]]:
         """(release, kernel, board, arch) of a distro that ``sel`` selects, in job order."""
         boards = [
             (b, f.arch)
@@ -557,12 +236,12 @@ class Expander:
                 for board, arch in boards:
                     yield release, kernel, board, arch
 
-    def _table(self, ix: _DistroIndex, active: tuple[int, ...], wanted: int) -> _Table:
+    def _table(self, ix: DistroIndex, active: tuple[int, ...], wanted: int) -> Table:
         """The walk of a distro's option sets under the rules active for a base, done once."""
         key = (ix.name, active, wanted)
         table = self._tables.get(key)
         if table is None:
-            table = self._tables[key] = _OptionTree(ix, active, wanted).table()
+            table = self._tables[key] = OptionTree(ix, active, wanted).table()
         return table
 
     def _expand_job_ids(self, sel: Selection) -> Plan:
@@ -610,7 +289,7 @@ class Expander:
             or (sel.distros and distro not in sel.distros)
         ):
             return None
-        reasons = _OptionTree(ix, ix.active_rules(board, bfile.arch, release, kernel), wanted).verdict_of(mask)
+        reasons = OptionTree(ix, ix.active_rules(board, bfile.arch, release, kernel), wanted).verdict_of(mask)
         boards = sorted(self.catalog.boards)
         key = (
             list(self.index).index(distro),
@@ -722,17 +401,9 @@ class Expander:
         if distros is not None and job.distro not in distros:
             return False
         arch = self.catalog.boards[job.board].arch
-        if not (
-            _selects(cond.board, job.board)
-            and _selects(cond.arch, arch)
-            and _selects(cond.release, job.release)
-            and _selects(cond.kernel, job.kernel, version=True)
-        ):
-            return False
-        have = set(self.closure_names(job))
-        if cond.options and not set(cond.options) <= have:
-            return False
-        return not (cond.options_any and not set(cond.options_any) & have)
+        return matches_base(cond, job.board, arch, job.release, job.kernel) and matches_options(
+            cond, self.closure_names(job)
+        )
 
 
 def _apply_waivers(
@@ -760,9 +431,9 @@ def rule_summaries(catalog: Catalog) -> dict[str, str]:
         for o in catalog.options_of(dname):
             spec = catalog.options[o].distros[dname]
             for r in spec.requires:
-                out[f"{o}-requires-{r}"] = f"option {o} needs option {r}"
+                out[requires_rule(o, r)] = f"option {o} needs option {r}"
             for c in spec.conflicts:
-                out[f"{o}-conflicts-{c}"] = f"options {o} and {c} cannot be combined"
+                out[conflicts_rule(o, c)] = f"options {o} and {c} cannot be combined"
     return out
 
 
@@ -892,61 +563,27 @@ def make_plan(catalog: Catalog, *, recipe: str | None, everything: bool, sel: Se
 
 
 def parse_job_id(catalog: Catalog, job_id: str) -> tuple[str, str, str, str, tuple[str, ...]]:
-    """Split ``isar-bookworm-qemu-amd64-k5.10-security`` into distro, release, board, kernel, options."""
-
-    def take(rest: str, names: Iterable[str]) -> tuple[str, str] | None:
-        for name in sorted(names, key=len, reverse=True):
-            if rest == name or rest.startswith(name + "-"):
-                return name, rest[len(name) + 1 :]
-        return None
-
-    bad = UserError(
-        f"'{job_id}' is not a job id",
-        where="JOB_ID",
-        hint="ids look like isar-bookworm-qemu-amd64-security; `cipbuild plan` lists them",
-    )
-    found = take(job_id, catalog.distros)
-    if not found:
-        raise bad
-    distro, rest = found
-    dfile = catalog.distros[distro]
-    found = take(rest, dfile.releases)
-    if not found:
-        raise bad
-    release, rest = found
-    found = take(rest, catalog.boards)
-    if not found:
-        raise bad
-    board, rest = found
-    kernel = "default"
-    asked = re.match(r"k(\d+(?:\.\d+)*)(?:-|$)", rest)
-    if asked and asked[1] not in dfile.kernels:
+    """Split ``isar-bookworm-qemu-amd64-k5.10-security`` into distro, release, board, kernel
+    ('default' when the id names none) and options, by the grammar that keeps ids unambiguous.
+    Options in another order are read too, so that ``resolve_job`` can name the canonical id."""
+    grammars = grammars_of(catalog)
+    tokens = parse(grammars, job_id) or parse(grammars, job_id, ordered=False)
+    if tokens is None:
+        asked = re.search(r"-k(\d+(?:\.\d+)*)(?:-|$)", job_id)
+        distro = next((d for d in catalog.distros if job_id.startswith(f"{d}-")), None)
+        if asked and distro and asked[1] not in catalog.distros[distro].kernels:
+            kernels = catalog.distros[distro].kernels
+            raise UserError(
+                f"'{job_id}': unknown kernel {asked[1]} for {distro}", where="JOB_ID", hint=suggest(asked[1], kernels)
+            )
         raise UserError(
-            f"'{job_id}': unknown kernel {asked[1]} for {distro}", where="JOB_ID", hint=suggest(asked[1], dfile.kernels)
+            f"'{job_id}' is not a job id",
+            where="JOB_ID",
+            hint="ids look like isar-bookworm-qemu-amd64-security; `cipbuild plan` lists them",
         )
-    found = take(rest, (f"k{k}" for k in dfile.kernels))
-    if found:
-        kernel, rest = found[0][1:], found[1]
-    names = catalog.options_of(distro)
-    options = _split_options(rest, names, ordered=True)
-    if options is None:
-        options = _split_options(rest, names, ordered=False)  # resolve_job then names the canonical id
-    if options is None:
-        raise UserError(f"'{job_id}': unknown option in '{rest}'", where="JOB_ID", hint=suggest(rest, names))
-    return distro, release, board, kernel, tuple(options)
-
-
-def _split_options(rest: str, names: list[str], *, ordered: bool) -> list[str] | None:
-    """Option names joined by '-' back into a list (backtracking: 'swupdate-2022.12' is one option)."""
-    if not rest:
-        return []
-    for i, name in enumerate(names):
-        if rest == name or rest.startswith(name + "-"):
-            others = names[i + 1 :] if ordered else names[:i] + names[i + 1 :]
-            tail = _split_options(rest[len(name) + 1 :], others, ordered=ordered)
-            if tail is not None:
-                return [name, *tail]
-    return None
+    parts = dict(tokens)  # one distro, release, board and kernel at most; options listed apart
+    options = tuple(name for what, name in tokens if what == "option")
+    return parts["distro"], parts["release"], parts["board"], parts.get("kernel", "default"), options
 
 
 def resolve_job(catalog: Catalog, job_id: str) -> Job:

@@ -191,3 +191,29 @@ def test_requires_of_implied_options_are_checked(catalog_copy: Path) -> None:
     option.write_text(edit_text)
     with pytest.raises(UserError, match="encrypt-requires-swupdate"):
         resolve_job(load_catalog(catalog_copy), "isar-bookworm-qemu-amd64-security")
+
+
+def test_every_expansion_path_agrees_on_every_job(catalog: Catalog) -> None:
+    """The whole-catalogue walk, a recipe's expansion, one job judged alone and a job id resolved
+    must agree on every job of every shipped recipe and of `plan --all`."""
+    import dataclasses
+    import itertools
+
+    expander = Expander(catalog)
+    whole = expander.expand_all()
+    planned = list(whole.iter_jobs())
+    for name in catalog.recipe_files:
+        planned += expander.expand_recipe(name).jobs
+    assert len(planned) > 14_000
+    for job in planned:
+        judged, reasons = expander._judge(job.distro, job.release, job.board, job.kernel, job.options)
+        assert judged.id == job.id and set(reasons) == {rule for rule, _ in job.waived}, job.id
+        resolved = resolve_job(catalog, job.id)
+        assert dataclasses.replace(resolved, waived=()) == dataclasses.replace(job, waived=())
+        assert [r for r, _ in resolved.waived] == [r for r, _ in job.waived]
+    for excluded in itertools.islice(whole.iter_excluded(), 0, None, 97):
+        job = excluded.job
+        _, reasons = expander._judge(job.distro, job.release, job.board, job.kernel, job.options)
+        assert set(excluded.rules) <= set(reasons), job.id
+        with pytest.raises(UserError, match="cannot be built"):
+            resolve_job(catalog, job.id)
