@@ -60,3 +60,11 @@ class VerificationError(CipbuildError):
     """A checksum or signature did not verify (exit 5)."""
 
     exit_code = 5
+
+
+class OutputError(InfrastructureError):
+    """Standard output cannot be written (a full disk, a closed pipe)."""
+
+    def __init__(self, cause: OSError):
+        self.errno = cause.errno
+        super().__init__(f"cannot write to standard output: {cause.strerror or cause}")

@@ -9,6 +9,8 @@ from collections.abc import Iterable
 from json.encoder import encode_basestring_ascii as _quote
 from typing import Any
 
+from .errors import OutputError
+
 
 def is_terminal() -> bool:
     return sys.stdout.isatty()
@@ -120,3 +122,26 @@ def indented_json(value: Any, prefix: str = "") -> str:
         inner = prefix + "  "
         return "[\n" + ",\n".join([inner + indented_json(v, inner) for v in value]) + "\n" + prefix + "]"
     return json.dumps(value)
+
+
+class GuardedStdout:
+    """Standard output whose write errors become one OutputError instead of a traceback (or
+    Python's "Exception ignored" at exit)."""
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+
+    def write(self, text: str) -> int:
+        try:
+            return int(self.inner.write(text))
+        except OSError as exc:
+            raise OutputError(exc) from None
+
+    def flush(self) -> None:
+        try:
+            self.inner.flush()
+        except OSError as exc:
+            raise OutputError(exc) from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)

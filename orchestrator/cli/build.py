@@ -1,0 +1,175 @@
+"""Verbs that build: build, doctor, image build."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..errors import UserError
+from ..output import print_json, print_line, print_table
+from .app import (
+    BoardOpt,
+    CacheOpt,
+    DistroOpt,
+    ImageOpt,
+    JobIdsArg,
+    JsonOpt,
+    KernelOpt,
+    OptionOpt,
+    RecipeOpt,
+    ReleaseOpt,
+    RuntimeOpt,
+    app,
+    builder_images,
+    check_recipe_flag,
+    context,
+    selection,
+)
+
+
+@app.command()
+def build(
+    ctx: typer.Context,
+    job_ids: JobIdsArg = None,
+    recipe: RecipeOpt = None,
+    board: BoardOpt = None,
+    distro: DistroOpt = None,
+    release: ReleaseOpt = None,
+    kernel: KernelOpt = None,
+    option: OptionOpt = None,
+    runtime: RuntimeOpt = "auto",
+    image: ImageOpt = None,
+    jobs: Annotated[
+        int, typer.Option("--jobs", "-j", min=1, help="Jobs to build at once; bitbake threads are split between them.")
+    ] = 1,
+    keep_going: Annotated[
+        bool | None,
+        typer.Option(
+            "--keep-going/--no-keep-going",
+            help="Let other jobs finish when one fails (default: on in CI, off elsewhere).",
+            show_default=False,
+        ),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Rebuild even when a job's inputs are unchanged.")] = False,
+    out: Annotated[
+        Path, typer.Option("--out", envvar="CIPBUILD_OUT", metavar="DIR", help="Where each job's folder goes.")
+    ] = Path("out"),
+    cache: CacheOpt = Path("cache"),
+    mirror: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--mirror", metavar="DIR", help="Folder of local git mirrors named like the upstream repos (repeatable)."
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Build the jobs `plan` selects with the same flags, as kas builds inside containers.
+
+    Each job leaves out/<job-id>/ with build.log, job.yml, kas.lock.yml, metadata.json,
+    reproducer.sh and artifacts/. A job whose inputs did not change since its last successful
+    build is not rebuilt. Exit codes: 0 built, 3 a build failed, 4 infrastructure, 130 interrupted.
+    """
+    import uuid
+
+    from ..buildjob import BuildContext
+    from ..matrix import make_plan
+    from ..progress import BuildProgress
+    from ..runtime import pick_runtime
+    from ..scheduler import Options, Scheduler, check_results
+
+    check_recipe_flag(recipe, False)
+    cat = context(ctx).catalog()
+    sel = selection(board, distro, release, kernel, option, job_ids)
+    if recipe is None and sel.is_empty():
+        raise UserError(
+            "say what to build",
+            where="build",
+            hint="a board (-b qemu-amd64), a recipe (-r hands-on) or job ids; `cipbuild plan` lists them",
+        )
+    chosen = make_plan(cat, recipe=recipe, everything=False, sel=sel).jobs
+    for folder in mirror or []:
+        if not folder.is_dir():
+            raise UserError(f"mirror folder {folder} does not exist", where="--mirror")
+    engine = pick_runtime(runtime)
+    threads = max(1, len(os.sched_getaffinity(0)) // jobs)  # the CPUs this process may use
+    build_ctx = BuildContext(
+        cat,
+        engine,
+        out.resolve(),
+        cache.resolve(),
+        builder_images(cat, image),
+        uuid.uuid4().hex[:8],
+        threads=threads,
+        mirrors=tuple(m.resolve() for m in mirror or []),
+        force=force,
+    )
+    in_ci = bool(os.environ.get("CI"))
+    opts = Options(jobs=jobs, keep_going=in_ci if keep_going is None else keep_going)
+    with BuildProgress([j.id for j in chosen]) as progress:
+        results = Scheduler(build_ctx, opts, progress.event, progress.task).run(chosen)
+    if as_json:
+        print_json({"out": str(build_ctx.out_dir), "runtime": engine.name, "results": [r.to_json() for r in results]})
+    else:
+        rows = [
+            [r.job.id, r.status, f"{r.duration:.1f}s", str(len(r.artifacts)), r.error or str(r.job_dir)]
+            for r in results
+        ]
+        print_table(None, ["job", "status", "time", "artifacts", "folder / error"], rows)
+    check_results(results)
+
+
+@app.command()
+def doctor(
+    ctx: typer.Context,
+    runtime: RuntimeOpt = "auto",
+    image: ImageOpt = None,
+    cache: CacheOpt = Path("cache"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Check this host for builds: container engine, builder images, privileged containers,
+    binfmt for foreign architectures, cache disk space, kas. Exit 4 when something is missing."""
+    from ..doctor import check_host, require_healthy, to_json
+
+    cat = context(ctx).catalog()
+    checks = check_host(cat, runtime, cache.resolve(), builder_images(cat, image))
+    if as_json:
+        print_json(to_json(checks))
+    else:
+        print_table(None, ["check", "status", "detail", "fix"], [[c.name, c.status, c.detail, c.fix] for c in checks])
+    require_healthy(checks)
+
+
+image_app = typer.Typer(help="Builder images (kas in a container).", no_args_is_help=True)
+app.add_typer(image_app, name="image")
+
+
+@image_app.command("build")
+def image_build(
+    profile: Annotated[
+        str,
+        typer.Option(
+            "--profile", help="minimal (kas + git), isar or openembedded (each build system's host packages)."
+        ),
+    ] = "isar",
+    tag: Annotated[str | None, typer.Option("--tag", help="Image name (default cipbuild-builder:<profile>).")] = None,
+    suite: Annotated[str, typer.Option("--suite", help="Debian suite of the image.")] = "bookworm",
+    mirror: Annotated[str | None, typer.Option("--mirror", metavar="URL", help="Debian mirror for mmdebstrap.")] = None,
+    engine: Annotated[str, typer.Option("--engine", help="docker or podman.")] = "docker",
+    as_json: JsonOpt = False,
+) -> None:
+    """Make a kas builder image offline from Debian packages (mmdebstrap) and kas from PyPI, for
+    air-gapped hosts and CI without a registry. Use it with `cipbuild build --image TAG`."""
+    from ..builder import build_image, default_tag
+
+    if engine not in ("docker", "podman"):
+        raise UserError(f"unknown engine '{engine}'", where="--engine", hint="docker or podman")
+    name = tag or default_tag(profile, suite)
+    say = (lambda text: None) if as_json else (lambda text: print_line(f"image build: {text}"))
+    image_id = build_image(engine, name, profile, suite=suite, mirror=mirror, say=say)
+    if as_json:
+        print_json({"tag": name, "id": image_id, "profile": profile, "suite": suite})
+    else:
+        print_line(f"{name} {image_id}")

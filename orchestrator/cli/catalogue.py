@@ -1,0 +1,166 @@
+"""Verbs that read the catalogue: boards, options, recipes, plan, kas, schema."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import BaseModel
+
+from ..errors import UserError
+from ..output import print_json, print_table
+from .app import (
+    BoardOpt,
+    DistroOpt,
+    JobIdsArg,
+    JsonOpt,
+    KernelOpt,
+    OptionOpt,
+    RecipeOpt,
+    ReleaseOpt,
+    app,
+    check_recipe_flag,
+    context,
+    selection,
+)
+
+
+def _print_listing(
+    title: str, items: Mapping[str, BaseModel], columns: list[str], rows: list[list[str]], as_json: bool
+) -> None:
+    """A catalogue folder as a table, or with --json every file's full content by name."""
+    if as_json:
+        print_json({name: item.model_dump(mode="json") for name, item in items.items()})
+    else:
+        print_table(title, columns, rows)
+
+
+@app.command()
+def boards(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """List the boards: architecture, MACHINE per distro, and how the test stage boots them."""
+    cat = context(ctx).catalog()
+    rows = [
+        [
+            name,
+            b.arch,
+            ", ".join(f"{d}:{bd.machine}" for d, bd in b.distros.items()),
+            b.test.device_type or "-",
+            b.description,
+        ]
+        for name, b in cat.boards.items()
+    ]
+    columns = ["board", "arch", "distro:MACHINE", "LAVA device", "description"]
+    _print_listing("Boards", cat.boards, columns, rows, as_json)
+
+
+@app.command()
+def options(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """List the options a job may switch on, per distro, with what they imply, need and exclude."""
+    cat = context(ctx).catalog()
+    rows = []
+    for name, opt in cat.options.items():
+        for dname, spec in opt.distros.items():
+            rel = [
+                f"implies {', '.join(spec.implies)}" if spec.implies else "",
+                f"needs {', '.join(spec.requires)}" if spec.requires else "",
+                f"not with {', '.join(spec.conflicts)}" if spec.conflicts else "",
+            ]
+            rows.append([name, dname, " ".join(str(k) for k in spec.kas), "; ".join(r for r in rel if r), opt.summary])
+    _print_listing("Options", cat.options, ["option", "distro", "kas files", "rules", "summary"], rows, as_json)
+
+
+@app.command()
+def recipes(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """List the named matrices (recipes/*.yml) and how many jobs each expands to."""
+    from ..matrix import Expander
+
+    cat = context(ctx).catalog()
+    expander = Expander(cat)
+    rows = [(name, cat.recipe(name).description, len(expander.expand_recipe(name).jobs)) for name in cat.recipe_files]
+    if as_json:
+        print_json([{"name": n, "description": d, "jobs": j} for n, d, j in rows])
+        return
+    print_table("Recipes", ["recipe", "jobs", "description"], [[n, str(j), d] for n, d, j in rows])
+
+
+@app.command()
+def plan(
+    ctx: typer.Context,
+    job_ids: JobIdsArg = None,
+    recipe: RecipeOpt = None,
+    board: BoardOpt = None,
+    distro: DistroOpt = None,
+    release: ReleaseOpt = None,
+    kernel: KernelOpt = None,
+    option: OptionOpt = None,
+    everything: Annotated[
+        bool,
+        typer.Option(
+            "--all", help="Expand the whole catalogue: every board x distro x release x kernel x option subset."
+        ),
+    ] = False,
+    explain: Annotated[
+        bool,
+        typer.Option(
+            "--explain",
+            help="Also show the combinations left out and the rules that exclude each (with --all: those that "
+            "rule it out first, deciding options in the distro's order), and the waivers applied.",
+        ),
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show the jobs a recipe, the whole catalogue or the flags select, without building anything.
+
+    Without -r or --all the flags name jobs directly; what is not given takes the catalogue's
+    defaults (distro isar, its default release and the release's default kernel).
+
+    Examples: `cipbuild plan -b qemu-amd64 -o security`, `cipbuild plan -r cip-core-ci --explain`,
+    `cipbuild plan --all -b qemu-riscv64`.
+    """
+    from ..matrix import make_plan
+    from ..planview import print_plan, print_plan_json
+
+    check_recipe_flag(recipe, everything)
+    cat = context(ctx).catalog()
+    sel = selection(board, distro, release, kernel, option, job_ids)
+    result = make_plan(cat, recipe=recipe, everything=everything, sel=sel)
+    (print_plan_json if as_json else print_plan)(cat, result, explain)
+
+
+@app.command("kas")
+def kas_cmd(
+    ctx: typer.Context,
+    job_id: Annotated[str, typer.Argument(help="A job id as `cipbuild plan` prints it.")],
+    output: Annotated[Path | None, typer.Option("--output", "-O", help="Write to this file instead of stdout.")] = None,
+) -> None:
+    """Print the complete, pinned kas file that builds one job."""
+    from ..kasfile import render
+    from ..matrix import resolve_job
+
+    cat = context(ctx).catalog()
+    text = render(cat, resolve_job(cat, job_id))
+    if output is None:
+        sys.stdout.write(text)
+        return
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"cannot write {output}: {exc.strerror}", where="--output") from None
+
+
+@app.command()
+def schema(
+    out: Annotated[Path, typer.Option("--out", help="Folder to write <kind>.schema.json files to.")] = Path("schemas"),
+) -> None:
+    """Write the JSON Schema of each catalogue file kind, for editor completion and validation."""
+    from ..schemas import write_schemas
+
+    try:
+        written = write_schemas(out)
+    except OSError as exc:
+        raise UserError(f"cannot write schemas to {out}: {exc.strerror}", where="--out") from None
+    for path in written:
+        typer.echo(str(path))
