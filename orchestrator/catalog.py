@@ -446,22 +446,12 @@ def check_catalog(catalog: Catalog) -> None:
     for name, board in catalog.boards.items():
         doc = _doc(catalog, "boards", name)
         for dname, bdistro in board.distros.items():
-            if dname not in catalog.distros:
-                raise doc.error(("distros", dname), f"unknown distro '{dname}'", suggest(dname, catalog.distros))
-            _check_repos(catalog, doc, ("distros", dname, "repos"), bdistro.repos)
-            _check_fragments(
-                catalog, doc, ("distros", dname, "kas"), bdistro.kas, catalog.distros[dname].repos + bdistro.repos
-            )
+            _check_port(catalog, doc, dname, bdistro.repos, bdistro.kas)
 
     for name, option in catalog.options.items():
         doc = _doc(catalog, "options", name)
         for dname, odistro in option.distros.items():
-            if dname not in catalog.distros:
-                raise doc.error(("distros", dname), f"unknown distro '{dname}'", suggest(dname, catalog.distros))
-            _check_repos(catalog, doc, ("distros", dname, "repos"), odistro.repos)
-            _check_fragments(
-                catalog, doc, ("distros", dname, "kas"), odistro.kas, catalog.distros[dname].repos + odistro.repos
-            )
+            _check_port(catalog, doc, dname, odistro.repos, odistro.kas)
             own = [o for o, f in catalog.options.items() if dname in f.distros]
             for key in ("implies", "requires", "conflicts"):
                 for i, other in enumerate(getattr(odistro, key)):
@@ -471,6 +461,14 @@ def check_catalog(catalog: Catalog) -> None:
                         )
     _check_implies_cycles(catalog)
     _check_job_ids(catalog)
+
+
+def _check_port(catalog: Catalog, doc: YamlDoc, distro: str, repos: list[str], kas: list[KasRef | str]) -> None:
+    """A board's or an option's entry for one distro: a known distro, pinned repos, real kas files."""
+    if distro not in catalog.distros:
+        raise doc.error(("distros", distro), f"unknown distro '{distro}'", suggest(distro, catalog.distros))
+    _check_repos(catalog, doc, ("distros", distro, "repos"), repos)
+    _check_fragments(catalog, doc, ("distros", distro, "kas"), kas, catalog.distros[distro].repos + repos)
 
 
 ORDER_KEYWORDS = ("board", "release", "kernel")

@@ -3,9 +3,12 @@ several verb groups share."""
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -106,42 +109,69 @@ ImageOpt = Annotated[
 ]
 
 
-def selection(
-    boards: list[str] | None,
-    distros: list[str] | None,
-    releases: list[str] | None,
-    kernels: list[str] | None,
-    opts: list[str] | None,
-    job_ids: list[str] | None,
-) -> Selection:
-    """What the selector flags name; an empty value is refused, naming its flag."""
+# The flags that say which jobs: `plan` and `build` take the same ones.
+SELECTORS: dict[str, Any] = {
+    "job_ids": JobIdsArg,
+    "recipe": RecipeOpt,
+    "board": BoardOpt,
+    "distro": DistroOpt,
+    "release": ReleaseOpt,
+    "kernel": KernelOpt,
+    "option": OptionOpt,
+}
+SELECTOR_FLAGS = {
+    "job_ids": "JOB_ID",
+    "board": "--board",
+    "distro": "--distro",
+    "release": "--release",
+    "kernel": "--kernel",
+    "option": "--option",
+}
+
+
+@dataclass(frozen=True)
+class Request:
+    """Which jobs the selector flags ask for: a recipe (or none) and what narrows it."""
+
+    recipe: str | None
+    sel: Selection
+
+
+def selects_jobs(command: Callable[..., None]) -> Callable[..., None]:
+    """Give a command the selector flags (SELECTORS); it receives them as ``request: Request``.
+    Empty values are refused, naming their flag."""
+    own = inspect.signature(command, eval_str=True)
+    ctx, *rest = (p for p in own.parameters.values() if p.name != "request")
+    flags = [
+        inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=a) for n, a in SELECTORS.items()
+    ]
+
+    @functools.wraps(command)
+    def with_selectors(*args: Any, **kwargs: Any) -> None:
+        given = {name: kwargs.pop(name, None) for name in SELECTORS}
+        command(*args, request=_request(given), **kwargs)
+
+    keyword_rest = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in rest]
+    signature = own.replace(parameters=[ctx, *flags, *keyword_rest])
+    with_selectors.__signature__ = signature  # type: ignore[attr-defined]
+    with_selectors.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()}
+    return with_selectors
+
+
+def _request(given: dict[str, Any]) -> Request:
     from ..matrix import Selection
 
-    for flag, values in (
-        ("--board", boards),
-        ("--distro", distros),
-        ("--release", releases),
-        ("--kernel", kernels),
-        ("--option", opts),
-        ("JOB_ID", job_ids),
-    ):
-        if any(not v.strip() for v in values or ()):
+    for name, flag in SELECTOR_FLAGS.items():
+        if any(not v.strip() for v in given[name] or ()):
             raise UserError("an empty value selects nothing", where=flag, hint="give a name, or leave the flag out")
-    return Selection(
-        tuple(distros or ()),
-        tuple(boards or ()),
-        tuple(releases or ()),
-        tuple(kernels or ()),
-        tuple(opts or ()),
-        tuple(job_ids or ()),
-    )
-
-
-def check_recipe_flag(recipe: str | None, everything: bool) -> None:
+    recipe = given["recipe"]
     if recipe is not None and not recipe.strip():
         raise UserError("an empty recipe name", where="--recipe", hint="`cipbuild recipes` lists them")
-    if recipe is not None and everything:
-        raise UserError("--all expands the whole catalogue, --recipe one recipe: give one of them", where="--recipe")
+    picked = {name: tuple(given[name] or ()) for name in SELECTOR_FLAGS}
+    sel = Selection(
+        picked["distro"], picked["board"], picked["release"], picked["kernel"], picked["option"], picked["job_ids"]
+    )
+    return Request(recipe, sel)
 
 
 def builder_images(cat: Catalog, image: str | None) -> dict[str, str]:

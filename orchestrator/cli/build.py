@@ -10,36 +10,14 @@ import typer
 
 from ..errors import UserError
 from ..output import print_json, print_line, print_table
-from .app import (
-    BoardOpt,
-    CacheOpt,
-    DistroOpt,
-    ImageOpt,
-    JobIdsArg,
-    JsonOpt,
-    KernelOpt,
-    OptionOpt,
-    RecipeOpt,
-    ReleaseOpt,
-    RuntimeOpt,
-    app,
-    builder_images,
-    check_recipe_flag,
-    context,
-    selection,
-)
+from .app import CacheOpt, ImageOpt, JsonOpt, Request, RuntimeOpt, app, builder_images, context, selects_jobs
 
 
 @app.command()
+@selects_jobs
 def build(
     ctx: typer.Context,
-    job_ids: JobIdsArg = None,
-    recipe: RecipeOpt = None,
-    board: BoardOpt = None,
-    distro: DistroOpt = None,
-    release: ReleaseOpt = None,
-    kernel: KernelOpt = None,
-    option: OptionOpt = None,
+    request: Request,
     runtime: RuntimeOpt = "auto",
     image: ImageOpt = None,
     jobs: Annotated[
@@ -80,16 +58,14 @@ def build(
     from ..runtime import pick_runtime
     from ..scheduler import Options, Scheduler, check_results
 
-    check_recipe_flag(recipe, False)
     cat = context(ctx).catalog()
-    sel = selection(board, distro, release, kernel, option, job_ids)
-    if recipe is None and sel.is_empty():
+    if request.recipe is None and request.sel.is_empty():
         raise UserError(
             "say what to build",
             where="build",
             hint="a board (-b qemu-amd64), a recipe (-r hands-on) or job ids; `cipbuild plan` lists them",
         )
-    chosen = make_plan(cat, recipe=recipe, everything=False, sel=sel).jobs
+    chosen = make_plan(cat, recipe=request.recipe, everything=False, sel=request.sel).jobs
     for folder in mirror or []:
         if not folder.is_dir():
             raise UserError(f"mirror folder {folder} does not exist", where="--mirror")

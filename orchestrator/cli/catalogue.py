@@ -12,20 +12,7 @@ from pydantic import BaseModel
 
 from ..errors import UserError
 from ..output import print_json, print_table
-from .app import (
-    BoardOpt,
-    DistroOpt,
-    JobIdsArg,
-    JsonOpt,
-    KernelOpt,
-    OptionOpt,
-    RecipeOpt,
-    ReleaseOpt,
-    app,
-    check_recipe_flag,
-    context,
-    selection,
-)
+from .app import JsonOpt, Request, app, context, selects_jobs
 
 
 def _print_listing(
@@ -87,15 +74,10 @@ def recipes(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 
 
 @app.command()
+@selects_jobs
 def plan(
     ctx: typer.Context,
-    job_ids: JobIdsArg = None,
-    recipe: RecipeOpt = None,
-    board: BoardOpt = None,
-    distro: DistroOpt = None,
-    release: ReleaseOpt = None,
-    kernel: KernelOpt = None,
-    option: OptionOpt = None,
+    request: Request,
     everything: Annotated[
         bool,
         typer.Option(
@@ -123,10 +105,10 @@ def plan(
     from ..matrix import make_plan
     from ..planview import print_plan, print_plan_json
 
-    check_recipe_flag(recipe, everything)
+    if request.recipe is not None and everything:
+        raise UserError("--all expands the whole catalogue, --recipe one recipe: give one of them", where="--recipe")
     cat = context(ctx).catalog()
-    sel = selection(board, distro, release, kernel, option, job_ids)
-    result = make_plan(cat, recipe=recipe, everything=everything, sel=sel)
+    result = make_plan(cat, recipe=request.recipe, everything=everything, sel=request.sel)
     (print_plan_json if as_json else print_plan)(cat, result, explain)
 
 
