@@ -440,11 +440,15 @@ def run_build(
     try:
         spec = prepare_folder(ctx, job, attempt)
         command = ctx.runtime.command(spec)
+        digest_of_image = ctx.image_digest(ctx.image_for(job))
+        write_file(job_dir / "reproducer.sh", reproducer(job, spec, command, digest_of_image), 0o755)
+        meta = job_metadata(ctx, job, inputs, digest)
+        write_json(job_dir / "metadata.json", meta)
     except InfrastructureError as exc:
         return BuildResult(job, Status.INFRA_ERROR, job_dir, error=str(exc))
-    write_file(job_dir / "reproducer.sh", reproducer(job, spec, command, ctx.image_digest(ctx.image_for(job))), 0o755)
-    meta = job_metadata(ctx, job, inputs, digest)
-    write_json(job_dir / "metadata.json", meta)
+    except OSError as exc:  # a full disk, a folder made unwritable: nothing has started yet
+        where = exc.filename or job_dir
+        return BuildResult(job, Status.INFRA_ERROR, job_dir, error=f"cannot write {where}: {exc.strerror or exc}")
     started = time.monotonic()
     result = BuildResult(job, Status.FAILED, job_dir, inputs_digest=digest)
     try:

@@ -103,7 +103,15 @@ def signals_cancel(token: CancelToken) -> Iterator[CancelToken]:
         yield token
         return
 
+    requested = False
+
     def cancel(signum: int, frame: FrameType | None) -> None:
+        # A second signal can arrive while the first one's handler is inside cancel(), holding
+        # the event's lock; handled again there it would deadlock. The flag is set first.
+        nonlocal requested
+        if requested:
+            return
+        requested = True
         token.cancel()
 
     previous = {sig: signal.signal(sig, cancel) for sig in (signal.SIGINT, signal.SIGTERM)}

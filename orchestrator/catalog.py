@@ -519,16 +519,17 @@ def _check_job_ids(catalog: Catalog) -> None:
     found = find_collision(grammars_of(catalog))
     if found is None:
         return
-    distro = found.first[0][1]
 
-    def file_of(token: tuple[str, str]) -> str:
-        what, name = token
-        folder = {"board": "boards", "option": "options"}.get(what, "distros")
-        path = catalog.files[(folder, distro if folder == "distros" else name)]
-        return catalog._shown(path)
+    def files_of(tokens: tuple[tuple[str, str], ...], other: tuple[tuple[str, str], ...]) -> list[str]:
+        distro = tokens[0][1]  # an id starts with its distro
+        out = []
+        for what, name in tokens:
+            if (what, name) not in other:
+                folder = {"board": "boards", "option": "options"}.get(what, "distros")
+                out.append(catalog._shown(catalog.files[(folder, distro if folder == "distros" else name)]))
+        return out
 
-    differ = [t for t in (*found.first, *found.second) if t not in found.first or t not in found.second]
-    files = list(dict.fromkeys(file_of(t) for t in differ))
+    files = list(dict.fromkeys(files_of(found.first, found.second) + files_of(found.second, found.first)))
     raise ConfigError(
         files[-1],
         None,

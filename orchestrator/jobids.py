@@ -1,17 +1,20 @@
 """The job id grammar, and the proof that a catalogue's ids cannot collide.
 
-A job id is ``distro-release-board[-k<kernel>][-option...]`` with the options in the distro's
-``order``. Names may contain '-' themselves, so two different jobs could join to the same text
-(board ``qemu-amd64-rt`` and board ``qemu-amd64`` with option ``rt``). Every id is a word over
-the '-'-separated segments, accepted by a small automaton with one path per job; ids collide
-exactly when that automaton is ambiguous, which a search over pairs of its states decides in
-polynomial time (no enumeration of jobs). A collision comes back as the id and both jobs.
+A job id is ``distro-release-board[-k<kernel>][-option...]``: the kernel only when it is not the
+release's default, the options in the distro's ``order``. Names may contain '-' themselves, so
+two different jobs could join to the same text (board ``qemu-amd64-rt`` and board ``qemu-amd64``
+with option ``rt``). Every id is a word over the '-'-separated segments, accepted by a small
+automaton with one path per combination of names; ids collide exactly when that automaton is
+ambiguous, which a search over pairs of its states decides in polynomial time (no enumeration of
+jobs). The automaton ignores the rules, so a catalogue is refused when any two combinations
+collide, even one its rules exclude: conservative, never blind. A collision comes back as the id
+and both jobs.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -26,7 +29,7 @@ class IdGrammar:
     """What one distro puts into its job ids."""
 
     distro: str
-    releases: Sequence[str]
+    releases: Mapping[str, str]  # release -> its default kernel, which ids leave out
     boards: Sequence[str]
     kernels: Sequence[str]
     options: Sequence[str]  # in the distro's order
@@ -45,7 +48,7 @@ def grammars_of(catalog: Catalog) -> list[IdGrammar]:
     return [
         IdGrammar(
             dname,
-            list(d.releases),
+            {name: release.default_kernel for name, release in d.releases.items()},
             sorted(b for b, f in catalog.boards.items() if dname in f.distros),
             list(d.kernels),
             catalog.options_of(dname),
@@ -85,21 +88,24 @@ def _automaton(grammars: Iterable[IdGrammar], *, ordered: bool = True) -> _Autom
     of a job someone spelled with its options shuffled)."""
     auto = _Automaton()
     for g in grammars:
-        after_distro, after_release, after_board, after_kernel = (auto.state() for _ in range(4))
+        after_distro = auto.state()
         auto.word(0, after_distro, g.distro, ("distro", g.distro))
-        for release in g.releases:
+        # one branch per release: an id names a kernel only when it is not the release's default
+        for release, default_kernel in g.releases.items():
+            after_release, after_board, after_kernel = (auto.state() for _ in range(3))
             auto.word(after_distro, after_release, release, ("release", release))
-        for board in g.boards:
-            auto.word(after_release, after_board, board, ("board", board))
-        for kernel in g.kernels:
-            auto.word(after_board, after_kernel, kernel_segment(kernel), ("kernel", kernel))
-        after_option = [auto.state() for _ in g.options]
-        auto.accepting.update((after_board, after_kernel, *after_option))
-        for i, option in enumerate(g.options):
-            # an option follows the board, the kernel, or any option placed before it
-            before = after_option[:i] if ordered else after_option
-            for here in (after_board, after_kernel, *before):
-                auto.word(here, after_option[i], option, ("option", option))
+            for board in g.boards:
+                auto.word(after_release, after_board, board, ("board", board))
+            for kernel in g.kernels:
+                if kernel != default_kernel:
+                    auto.word(after_board, after_kernel, kernel_segment(kernel), ("kernel", kernel))
+            after_option = [auto.state() for _ in g.options]
+            auto.accepting.update((after_board, after_kernel, *after_option))
+            for i, option in enumerate(g.options):
+                # an option follows the board, the kernel, or any option placed before it
+                before = after_option[:i] if ordered else after_option[:i] + after_option[i + 1 :]
+                for here in (after_board, after_kernel, *before):
+                    auto.word(here, after_option[i], option, ("option", option))
     return auto
 
 

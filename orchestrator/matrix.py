@@ -583,6 +583,8 @@ def parse_job_id(catalog: Catalog, job_id: str) -> tuple[str, str, str, str, tup
         )
     parts = dict(tokens)  # one distro, release, board and kernel at most; options listed apart
     options = tuple(name for what, name in tokens if what == "option")
+    if len(set(options)) < len(options):
+        raise UserError(f"'{job_id}' names an option twice", where="JOB_ID", hint="name each option once")
     return parts["distro"], parts["release"], parts["board"], parts.get("kernel", "default"), options
 
 

@@ -131,12 +131,17 @@ ALL_REPO_NAMES = [
 
 
 def kas_dump(upstreams: Upstreams, kas_file: Path, work_dir: Path, repo_names: list[str]) -> dict[str, Any]:
-    """Run real `kas dump` on ``kas_file`` against the fixture upstreams; the parsed result."""
+    """Run real `kas dump --resolve-refs` on ``kas_file`` against the fixture upstreams: the parsed
+    configuration with every repository at the commit kas checked out."""
     lock = kas_file.with_name(kas_file.stem + ".lock.yml")
     lock.write_text(yaml.safe_dump(upstreams.lock_for(repo_names)), encoding="utf-8")
     work_dir.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run(
-        ["kas", "dump", str(kas_file)], env=upstreams.env(work_dir), text=True, capture_output=True, check=False
+        ["kas", "dump", "--resolve-refs", str(kas_file)],
+        env=upstreams.env(work_dir),
+        text=True,
+        capture_output=True,
+        check=False,
     )
     if proc.returncode != 0:
         raise AssertionError(f"kas dump {kas_file.name} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")

@@ -68,6 +68,10 @@ def expected_local_conf(catalog: Catalog, job: Job) -> dict[str, str]:
     return want
 
 
+# Repositories that upstream's kas files (not cipbuild's) add, and layers of each.
+UPSTREAM_LAYERS = {"isar": {"isar": ["meta"]}, "openembedded": {"poky": ["meta", "meta-poky"], "meta-debian": []}}
+
+
 def dump_all(catalog: Catalog, upstreams: Upstreams, jobs: list[Job], tmp: Path) -> dict[str, dict[str, Any]]:
     def one(arg: tuple[int, Job]) -> tuple[str, dict[str, Any]]:
         slot, job = arg
@@ -95,6 +99,13 @@ def test_kas_dump_accepts_every_job(catalog: Catalog, upstreams: Upstreams, tmp_
         for section, line in expected_local_conf(catalog, job).items():
             assert line in sections.get(section, ""), f"{job.id}: local.conf section {section} lacks {line!r}"
         assert not ("kernel-version" in sections and job.kernel_is_default), job.id
-        # the pinned repos are the ones kas resolved (the fixture lock file moved only the commit)
+        # what kas resolved: each pinned repo at the commit the lock file gave it (the fixture's
+        # stand-in for the real pin), and the repos upstream's own files pull in, with their layers
+        locked = upstreams.lock_for(repos_of(catalog, job))["overrides"]["repos"]
+        resolved = dumped["repos"]
         for name in repos_of(catalog, job):
-            assert dumped["repos"][name]["url"] == catalog.repos.repos[name].url
+            assert resolved[name]["url"] == catalog.repos.repos[name].url
+            assert resolved[name]["commit"] == locked[name]["commit"], (job.id, name)
+        for name, layers in UPSTREAM_LAYERS[catalog.distros[job.distro].build_system].items():
+            assert resolved[name]["commit"] == upstreams.commits[name], (job.id, name)
+            assert set(layers) <= set(resolved[name].get("layers") or {}), (job.id, name)

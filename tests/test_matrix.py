@@ -217,3 +217,10 @@ def test_every_expansion_path_agrees_on_every_job(catalog: Catalog) -> None:
         assert set(excluded.rules) <= set(reasons), job.id
         with pytest.raises(UserError, match="cannot be built"):
             resolve_job(catalog, job.id)
+
+
+def test_job_id_naming_an_option_twice_is_refused(catalog: Catalog) -> None:
+    with pytest.raises(UserError, match="names an option twice"):
+        resolve_job(catalog, "isar-bookworm-qemu-amd64-test-rt-test")
+    with pytest.raises(UserError, match=r"not in canonical form .*use 'isar-bookworm-qemu-amd64-rt-test'"):
+        resolve_job(catalog, "isar-bookworm-qemu-amd64-test-rt")
