@@ -493,3 +493,23 @@ def write_index(release_dir: Path, job_dirs: list[Path]) -> Path:
         index = ReleaseIndex.model_validate({"schema": INDEX_SCHEMA, "jobs": [entries[k] for k in sorted(entries)]})
         _write(rel_fd, INDEX, dumps(index.model_dump(mode="json", by_alias=True)).encode())
     return release_dir / INDEX
+
+
+def signable_jobs(release_dir: Path) -> tuple[list[Path], list[tuple[str, str]]]:
+    """The job folders of ``release_dir`` that built (success or up to date), and the others as
+    (id, status); a symlinked folder is never taken."""
+    jobs: list[Path] = []
+    skipped: list[tuple[str, str]] = []
+    for folder in sorted(release_dir.iterdir()):
+        meta_path = folder / "metadata.json"
+        if folder.is_symlink() or not folder.is_dir() or not meta_path.is_file():
+            continue
+        try:
+            status = json.loads(meta_path.read_text(encoding="utf-8")).get("status")
+        except (OSError, ValueError, AttributeError):
+            status = "unreadable metadata.json"
+        if status in ("success", "up-to-date"):
+            jobs.append(folder)
+        else:
+            skipped.append((folder.name, str(status)))
+    return jobs, skipped

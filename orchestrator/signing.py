@@ -282,3 +282,42 @@ def _secret_keys(lines: list[str]) -> list[_SecretKey]:
         elif fields[0] == "uid" and keys and current is not None and not keys[-1].uid:
             keys[-1] = _SecretKey(keys[-1].fingerprint, keys[-1].validity, keys[-1].capabilities, fields[9])
     return keys
+
+
+@dataclass(frozen=True)
+class SignedRelease:
+    """What signing a release wrote: each job's signatures, the index and its signature."""
+
+    jobs: dict[str, list[Path]]
+    skipped: list[tuple[str, str]]
+    index: Path
+    index_signature: Path
+    key: str
+
+
+def jobs_to_sign(release_dir: Path) -> tuple[list[Path], list[tuple[str, str]]]:
+    """The job folders of ``release_dir`` that built, and the others as (id, status); a folder
+    with no such job is a UserError (checked before any key is touched)."""
+    from . import manifest
+
+    if not release_dir.is_dir():
+        raise UserError("is not a folder", where=str(release_dir))
+    jobs, skipped = manifest.signable_jobs(release_dir)
+    if not jobs:
+        raise UserError("holds no successful job to sign", where=str(release_dir), hint="run `cipbuild build` first")
+    return jobs, skipped
+
+
+def sign_release(signer: Signer, release_dir: Path) -> SignedRelease:
+    """Write the trust files of every job of ``release_dir`` that built, sign them, then write
+    and sign index.json."""
+    from . import manifest
+
+    assert signer.key is not None, "use Signer as a context manager"
+    jobs, skipped = jobs_to_sign(release_dir)
+    signed: dict[str, list[Path]] = {}
+    for job_dir in jobs:
+        manifest.write_job_trust(job_dir)
+        signed[job_dir.name] = [signer.sign(job_dir / name) for name in manifest.SIGNED]
+    index = manifest.write_index(release_dir, jobs)
+    return SignedRelease(signed, skipped, index, signer.sign(index), signer.key.fingerprint)

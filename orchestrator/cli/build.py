@@ -11,6 +11,7 @@ import typer
 from ..errors import UserError
 from ..output import print_json, print_line, print_table
 from .app import CacheOpt, ImageOpt, JsonOpt, Request, RuntimeOpt, app, builder_images, context, selects_jobs
+from .trust import print_signed, signed_json
 
 
 @app.command()
@@ -42,14 +43,28 @@ def build(
             "--mirror", metavar="DIR", help="Folder of local git mirrors named like the upstream repos (repeatable)."
         ),
     ] = None,
+    sign: Annotated[
+        bool,
+        typer.Option(
+            "--sign",
+            help="Then write and sign each built job's manifest, SBOM, provenance and SHA256SUMS, and the "
+            "release's index.json, as `cipbuild sign` does (key: CIPBUILD_SIGNING_KEY or --key-id; checked "
+            "before anything is built).",
+        ),
+    ] = False,
+    key_id: Annotated[
+        str | None, typer.Option("--key-id", metavar="ID", help="With --sign: a secret key of your own keyring.")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Build the jobs `plan` selects with the same flags, as kas builds inside containers.
 
     Each job leaves out/<job-id>/ with build.log, job.yml, kas.lock.yml, metadata.json,
     reproducer.sh and artifacts/. A job whose inputs did not change since its last successful
-    build is not rebuilt. Exit codes: 0 built, 3 a build failed, 4 infrastructure, 130 interrupted.
+    build is not rebuilt. Exit codes: 0 built, 2 bad input or signing key, 3 a build failed,
+    4 infrastructure, 130 interrupted.
     """
+    import contextlib
     import uuid
 
     from ..buildjob import BuildContext
@@ -57,6 +72,7 @@ def build(
     from ..progress import BuildProgress
     from ..runtime import pick_runtime
     from ..scheduler import Options, Scheduler, check_results
+    from ..signing import KeySource, SignedRelease, Signer, sign_release
 
     cat = context(ctx).catalog()
     if request.recipe is None and request.sel.is_empty():
@@ -84,16 +100,24 @@ def build(
     )
     in_ci = bool(os.environ.get("CI"))
     opts = Options(jobs=jobs, keep_going=in_ci if keep_going is None else keep_going)
-    with BuildProgress([j.id for j in chosen]) as progress:
-        results = Scheduler(build_ctx, opts, progress.event, progress.task).run(chosen)
+    signed: SignedRelease | None = None
+    with contextlib.ExitStack() as stack:
+        signer = stack.enter_context(Signer(KeySource.from_env(key_id))) if sign else None
+        with BuildProgress([j.id for j in chosen]) as progress:
+            results = Scheduler(build_ctx, opts, progress.event, progress.task).run(chosen)
+        if signer is not None and any(r.status.ok for r in results):
+            signed = sign_release(signer, build_ctx.out_dir)
     if as_json:
-        print_json({"out": str(build_ctx.out_dir), "runtime": engine.name, "results": [r.to_json() for r in results]})
+        data = {"out": str(build_ctx.out_dir), "runtime": engine.name, "results": [r.to_json() for r in results]}
+        print_json({**data, "signed": signed_json(signed)} if sign else data)
     else:
         rows = [
             [r.job.id, r.status, f"{r.duration:.1f}s", str(len(r.artifacts)), r.error or str(r.job_dir)]
             for r in results
         ]
         print_table(None, ["job", "status", "time", "artifacts", "folder / error"], rows)
+        if signed is not None:
+            print_signed(signed, False)
     check_results(results)
 
 

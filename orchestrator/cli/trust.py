@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ..errors import UserError, VerificationError
+from ..errors import VerificationError
 from ..output import print_json, print_line, print_table
 from .app import JsonOpt, app
+
+if TYPE_CHECKING:
+    from ..signing import SignedRelease
 
 
 @app.command()
@@ -30,60 +32,34 @@ def sign(
     passphrase, if any, comes from CIPBUILD_SIGNING_PASSPHRASE. Exit codes: 0 signed, 2 no key or
     an unusable one, 4 gpg missing.
     """
-    from .. import manifest
-    from ..signing import KeySource, Signer
+    from ..signing import KeySource, Signer, jobs_to_sign, sign_release
 
-    if not out.is_dir():
-        raise UserError("is not a folder", where=str(out))
-    jobs, skipped = _signable_jobs(out)
-    if not jobs:
-        raise UserError("holds no successful job to sign", where=str(out), hint="run `cipbuild build` first")
-    rows: list[dict[str, Any]] = []
+    jobs_to_sign(out)  # nothing to sign is said before the key is looked at
     with Signer(KeySource.from_env(key_id)) as signer:
-        assert signer.key is not None
-        for job_dir in jobs:
-            manifest.write_job_trust(job_dir)
-            signatures = [signer.sign(job_dir / name) for name in manifest.SIGNED]
-            rows.append({"id": job_dir.name, "folder": str(job_dir), "signed": [p.name for p in signatures]})
-        index = manifest.write_index(out, jobs)
-        index_sig = signer.sign(index)
-        fingerprint = signer.key.fingerprint
+        print_signed(sign_release(signer, out), as_json)
+
+
+def signed_json(release: SignedRelease | None) -> dict[str, Any] | None:
+    if release is None:
+        return None
+    return {
+        "key": release.key,
+        "jobs": [{"id": job, "signed": [p.name for p in sigs]} for job, sigs in release.jobs.items()],
+        "skipped": [{"id": job, "status": status} for job, status in release.skipped],
+        "index": str(release.index),
+        "index_signature": str(release.index_signature),
+    }
+
+
+def print_signed(release: SignedRelease, as_json: bool) -> None:
+    """What `sign` and `build --sign` print."""
     if as_json:
-        print_json(
-            {
-                "out": str(out),
-                "key": fingerprint,
-                "jobs": rows,
-                "skipped": skipped,
-                "index": str(index),
-                "index_signature": str(index_sig),
-            }
-        )
+        print_json(signed_json(release))
         return
-    table = [[r["id"], "signed", ", ".join(r["signed"])] for r in rows]
-    table += [[s["id"], "skipped", s["status"]] for s in skipped]
+    table = [[job, "signed", ", ".join(p.name for p in sigs)] for job, sigs in release.jobs.items()]
+    table += [[job, "skipped", status] for job, status in release.skipped]
     print_table(None, ["job", "status", "signatures"], table)
-    print_line(f"signed {len(rows)} job(s) and {index.name} with key {fingerprint}")
-
-
-def _signable_jobs(out: Path) -> tuple[list[Path], list[dict[str, str]]]:
-    from ..status import Status
-
-    jobs: list[Path] = []
-    skipped: list[dict[str, str]] = []
-    for folder in sorted(out.iterdir()):
-        meta_path = folder / "metadata.json"
-        if folder.is_symlink() or not folder.is_dir() or not meta_path.is_file():
-            continue
-        try:
-            status = json.loads(meta_path.read_text(encoding="utf-8")).get("status")
-        except (OSError, ValueError, AttributeError):
-            status = "unreadable metadata.json"
-        if status in (Status.SUCCESS, Status.UP_TO_DATE):
-            jobs.append(folder)
-        else:
-            skipped.append({"id": folder.name, "status": str(status)})
-    return jobs, skipped
+    print_line(f"signed {len(release.jobs)} job(s) and {release.index.name} with key {release.key}")
 
 
 @app.command()
