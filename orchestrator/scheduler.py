@@ -40,11 +40,13 @@ class Scheduler:
         on_event: Event,
         on_progress: Callable[[str, int, int], None],
         token: CancelToken | None = None,
+        after_job: Callable[[BuildResult], None] | None = None,
     ):
         self.ctx = ctx
         self.opts = opts
         self.on_event = on_event
         self.on_progress = on_progress
+        self.after_job = after_job  # called on this thread with each job's final result (e.g. to sign it)
         self.token = token or CancelToken()
         self.retry = Retry(opts.retries)
         self.prepared: dict[str, tuple[dict[str, object], str]] = {}
@@ -83,6 +85,7 @@ class Scheduler:
             if cached is not None:
                 results[job.id] = cached
                 self.on_event(job.id, Status.UP_TO_DATE, "")
+                self._finished(cached)
             else:
                 self.prepared[job.id] = (inputs, digest)
                 pending.append(job)
@@ -105,10 +108,15 @@ class Scheduler:
                 for future in done:
                     job = running.pop(future)
                     results[job.id] = self._result_of(future, job)
+                    self._finished(results[job.id])
                     if results[job.id].status == Status.FAILED and not self.opts.keep_going:
                         stop_new = True
         if self.token.cancelled:
             self._check_nothing_left(jobs)
+
+    def _finished(self, result: BuildResult) -> None:
+        if self.after_job is not None:
+            self.after_job(result)
 
     def _check_nothing_left(self, jobs: list[Job]) -> None:
         """After a cancel: no job may still claim to be running, no container may be left."""

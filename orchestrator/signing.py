@@ -308,16 +308,26 @@ def jobs_to_sign(release_dir: Path) -> tuple[list[Path], list[tuple[str, str]]]:
     return jobs, skipped
 
 
-def sign_release(signer: Signer, release_dir: Path) -> SignedRelease:
-    """Write the trust files of every job of ``release_dir`` that built, sign them, then write
-    and sign index.json."""
+def sign_job(signer: Signer, job_dir: Path) -> list[Path]:
+    """Write a built job's trust files (manifest, SBOM, provenance, SHA256SUMS) and sign them."""
+    from . import manifest
+
+    manifest.write_job_trust(job_dir)
+    return [signer.sign(job_dir / name) for name in manifest.SIGNED]
+
+
+def sign_index(
+    signer: Signer, release_dir: Path, signed: dict[str, list[Path]], skipped: list[tuple[str, str]]
+) -> SignedRelease:
+    """Write and sign the index.json of the jobs ``signed`` holds (id -> their signatures)."""
     from . import manifest
 
     assert signer.key is not None, "use Signer as a context manager"
+    index = manifest.write_index(release_dir, [release_dir / job for job in sorted(signed)])
+    return SignedRelease(dict(sorted(signed.items())), skipped, index, signer.sign(index), signer.key.fingerprint)
+
+
+def sign_release(signer: Signer, release_dir: Path) -> SignedRelease:
+    """Sign every job of ``release_dir`` that built, then its index.json."""
     jobs, skipped = jobs_to_sign(release_dir)
-    signed: dict[str, list[Path]] = {}
-    for job_dir in jobs:
-        manifest.write_job_trust(job_dir)
-        signed[job_dir.name] = [signer.sign(job_dir / name) for name in manifest.SIGNED]
-    index = manifest.write_index(release_dir, jobs)
-    return SignedRelease(signed, skipped, index, signer.sign(index), signer.key.fingerprint)
+    return sign_index(signer, release_dir, {job_dir.name: sign_job(signer, job_dir) for job_dir in jobs}, skipped)

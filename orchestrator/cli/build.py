@@ -47,9 +47,9 @@ def build(
         bool,
         typer.Option(
             "--sign",
-            help="Then write and sign each built job's manifest, SBOM, provenance and SHA256SUMS, and the "
-            "release's index.json, as `cipbuild sign` does (key: CIPBUILD_SIGNING_KEY or --key-id; checked "
-            "before anything is built).",
+            help="Write and sign each job's manifest, SBOM, provenance and SHA256SUMS as it finishes, then "
+            "the index.json of the jobs built, as `cipbuild sign` does (key: CIPBUILD_SIGNING_KEY or --key-id; "
+            "checked before anything is built).",
         ),
     ] = False,
     key_id: Annotated[
@@ -67,12 +67,12 @@ def build(
     import contextlib
     import uuid
 
-    from ..buildjob import BuildContext
+    from ..buildjob import BuildContext, BuildResult
     from ..matrix import make_plan
     from ..progress import BuildProgress
     from ..runtime import pick_runtime
     from ..scheduler import Options, Scheduler, check_results
-    from ..signing import KeySource, SignedRelease, Signer, sign_release
+    from ..signing import KeySource, SignedRelease, Signer, sign_index, sign_job
 
     cat = context(ctx).catalog()
     if request.recipe is None and request.sel.is_empty():
@@ -101,12 +101,19 @@ def build(
     in_ci = bool(os.environ.get("CI"))
     opts = Options(jobs=jobs, keep_going=in_ci if keep_going is None else keep_going)
     signed: SignedRelease | None = None
+    signatures: dict[str, list[Path]] = {}
     with contextlib.ExitStack() as stack:
         signer = stack.enter_context(Signer(KeySource.from_env(key_id))) if sign else None
+
+        def sign_built(result: BuildResult) -> None:  # each job as it finishes
+            if signer is not None and result.status.ok:
+                signatures[result.job.id] = sign_job(signer, result.job_dir)
+
         with BuildProgress([j.id for j in chosen]) as progress:
-            results = Scheduler(build_ctx, opts, progress.event, progress.task).run(chosen)
-        if signer is not None and any(r.status.ok for r in results):
-            signed = sign_release(signer, build_ctx.out_dir)
+            results = Scheduler(build_ctx, opts, progress.event, progress.task, after_job=sign_built).run(chosen)
+        if signer is not None and signatures:
+            skipped = [(r.job.id, str(r.status)) for r in results if not r.status.ok]
+            signed = sign_index(signer, build_ctx.out_dir, signatures, skipped)
     if as_json:
         data = {"out": str(build_ctx.out_dir), "runtime": engine.name, "results": [r.to_json() for r in results]}
         print_json({**data, "signed": signed_json(signed)} if sign else data)
