@@ -31,15 +31,24 @@ def when(stamp: str) -> datetime:
     return datetime.fromisoformat(stamp)
 
 
-def docker_containers(label: str, *, running: bool = False) -> list[str]:
+LABEL = "org.cip-project.cipbuild"
+
+
+def docker_containers(label: str, *, running: bool = False, out: Path | None = None) -> list[str]:
+    """Containers with ``label``; with ``out``, only those that mount a folder of that --out (so a
+    test never touches another run's builds on the same engine)."""
     every = [] if running else ["-a"]
-    out = subprocess.run(
-        ["docker", "ps", *every, "--filter", f"label={label}", "--format", "{{.Names}}"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return [line for line in out.splitlines() if line]
+    names: set[str] = set()
+    for job_dir in sorted(out.iterdir()) if out is not None and out.is_dir() else [None]:
+        mounts = ["--filter", f"volume={job_dir}"] if job_dir is not None else []
+        listed = subprocess.run(
+            ["docker", "ps", *every, "--filter", f"label={label}", *mounts, "--format", "{{.Names}}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        names.update(line for line in listed.splitlines() if line)
+    return sorted(names)
 
 
 def test_four_jobs_two_at_a_time_leave_complete_folders(docker_engine: str, world: World) -> None:
@@ -137,9 +146,6 @@ def test_interrupt_stops_every_container_and_keeps_no_secret(
     docker_engine: str, world: World, sig: signal.Signals
 ) -> None:
     secret = "AKIAFIXTURESECRET123"
-    stale = docker_containers("org.cip-project.cipbuild")  # from an earlier run that was SIGKILLed
-    if stale:
-        subprocess.run(["docker", "rm", "-f", *stale], capture_output=True, check=False)
     proxy = f"http://builder:{secret}@proxy.invalid:3128"
     proc = world.start(
         "isar-bookworm-qemu-amd64-slow",
@@ -152,9 +158,9 @@ def test_interrupt_stops_every_container_and_keeps_no_secret(
         world.wait_for("isar-bookworm-qemu-amd64-slow", "running")
         world.wait_for("isar-bookworm-qemu-arm64-slow", "running")
         deadline = time.monotonic() + 30
-        while len(docker_containers("org.cip-project.cipbuild", running=True)) < 2 and time.monotonic() < deadline:
+        while len(docker_containers(LABEL, running=True, out=world.out)) < 2 and time.monotonic() < deadline:
             time.sleep(0.2)
-        names = docker_containers("org.cip-project.cipbuild", running=True)
+        names = docker_containers(LABEL, running=True, out=world.out)
         assert len(names) == 2
         for name in names:
             env = subprocess.run(
@@ -171,7 +177,7 @@ def test_interrupt_stops_every_container_and_keeps_no_secret(
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130, err
-    assert docker_containers("org.cip-project.cipbuild") == []
+    assert docker_containers(LABEL, out=world.out) == []
     for job_id in ("isar-bookworm-qemu-amd64-slow", "isar-bookworm-qemu-arm64-slow"):
         meta_text = (world.out / job_id / "metadata.json").read_text()
         assert world.metadata(job_id)["status"] == "interrupted"
@@ -203,7 +209,7 @@ def test_a_broken_job_folder_is_an_infrastructure_error_not_a_crash(docker_engin
     proc = world.build("isar-bookworm-qemu-amd64", "--json")
     assert proc.returncode == 4 and "Traceback" not in proc.stderr
     assert "build.log is not a regular file" in results(proc)["isar-bookworm-qemu-amd64"]["error"]
-    assert docker_containers("org.cip-project.cipbuild") == []
+    assert docker_containers(LABEL, out=world.out) == []
 
 
 def test_isar_runs_privileged_and_deby_does_not(docker_engine: str, world: World) -> None:

@@ -1,5 +1,7 @@
 """End-to-end with real Isar: `cipbuild build` of plain Isar's isar-image-base for qemuamd64 /
-debian-bookworm in a privileged container, cold, warm and unchanged.
+debian-bookworm in a privileged container, cold, warm and unchanged; then `cipbuild sign` of the
+warm build with a throwaway key, `cipbuild verify` against its public key, `sha256sum -c` and a
+plain `gpg --verify` of SHA256SUMS, and the SBOM's package count checked against the manifest's.
 
 Not in CI (about ten minutes, and it downloads Debian packages). Run it with
     CIPBUILD_E2E_ISAR=/path/to/isar/checkout [CIPBUILD_E2E_IMAGE=cipbuild-builder:isar] \\
@@ -14,7 +16,10 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -29,6 +34,99 @@ pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(not ISAR, reason="set CIPBUILD_E2E_ISAR to a local isar checkout to run the real build"),
 ]
+
+
+@contextmanager
+def gnupg_home() -> Iterator[Path]:
+    """A throwaway GNUPGHOME (short: gpg-agent's socket path must fit in 108 bytes)."""
+    home = Path(tempfile.mkdtemp(prefix="e2e-gpg-"))
+    home.chmod(0o700)
+    try:
+        yield home
+    finally:
+        subprocess.run(["gpgconf", "--kill", "all"], env={**os.environ, "GNUPGHOME": str(home)}, check=False)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def gpg(home: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        ["gpg", "--batch", "--no-tty", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={"PATH": os.environ["PATH"], "GNUPGHOME": str(home), "LC_ALL": "C"},
+        check=False,
+    )
+    assert proc.returncode == 0, f"gpg {' '.join(args)}: {proc.stderr}"
+    return proc
+
+
+def make_key(folder: Path) -> tuple[str, Path, Path]:
+    """A test signing key: (fingerprint, armored secret key file, armored public key file)."""
+    uid = "e2e <e2e@cipbuild.test>"
+    with gnupg_home() as home:
+        gpg(home, "--passphrase", "", "--quick-gen-key", uid, "ed25519", "sign", "1d")
+        listing = gpg(home, "--with-colons", "--list-secret-keys", uid).stdout
+        fpr = next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:"))
+        secret, public = folder / "e2e.sec.asc", folder / "e2e.asc"
+        secret.write_text(
+            gpg(home, "--pinentry-mode", "loopback", "--passphrase", "", "--armor", "--export-secret-keys", fpr).stdout
+        )
+        public.write_text(gpg(home, "--armor", "--export", fpr).stdout)
+    return fpr, secret, public
+
+
+def sign_and_verify(out: Path) -> tuple[float, float, int]:
+    """Sign the build folder ``out`` with a fresh key and verify its job every way a consumer
+    would; (sign seconds, verify seconds, the SBOM's package count)."""
+    job_dir = out / JOB
+    keys = out.parent / "keys"
+    keys.mkdir()
+    fpr, secret, public = make_key(keys)
+    cli = [sys.executable, "-m", "orchestrator"]
+
+    start = time.monotonic()
+    signed = subprocess.run(
+        [*cli, "sign", str(out), "--json"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "CIPBUILD_SIGNING_KEY": str(secret)},
+        check=False,
+    )
+    sign_s = time.monotonic() - start
+    assert signed.returncode == 0, signed.stderr[-3000:]
+    release = json.loads(signed.stdout)
+    assert release["key"] == fpr
+    assert [job["id"] for job in release["jobs"]] == [JOB]
+    assert secret.read_text() not in signed.stdout + signed.stderr
+
+    start = time.monotonic()
+    verified = subprocess.run(
+        [*cli, "verify", str(job_dir), "--keyring", str(public), "--json"], capture_output=True, text=True, check=False
+    )
+    verify_s = time.monotonic() - start
+    assert verified.returncode == 0, verified.stdout[-3000:] + verified.stderr[-3000:]
+    report = json.loads(verified.stdout)
+    assert report["ok"] is True and report["problems"] == []
+    assert report["signers"] == [fpr]
+
+    sums = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=job_dir, capture_output=True, text=True, check=False)
+    assert sums.returncode == 0, sums.stdout[-3000:] + sums.stderr[-3000:]
+    with gnupg_home() as consumer:  # the public key only
+        gpg(consumer, "--import", str(public))
+        status = gpg(consumer, "--status-fd", "1", "--verify", "SHA256SUMS.asc", "SHA256SUMS", cwd=job_dir).stdout
+        assert f"VALIDSIG {fpr}" in status, status
+
+    manifest = json.loads((job_dir / "manifest.json").read_text())
+    sbom = json.loads((job_dir / manifest["files"]["sbom"]).read_text())
+    assert sbom["bomFormat"] == "CycloneDX"
+    debs = {
+        f"{c['name']}@{c['version']}" for c in sbom.get("components", []) if c.get("purl", "").startswith("pkg:deb/")
+    }
+    listed = {f"{p['name']}@{p['version']}" for p in manifest["packages"]}
+    assert len(debs) > 100
+    assert len(debs) == len(manifest["packages"]) and debs == listed
+    return sign_s, verify_s, len(debs)
 
 
 def test_real_isar_build_cold_warm_and_unchanged(tmp_path: Path) -> None:
@@ -85,9 +183,11 @@ def test_real_isar_build_cold_warm_and_unchanged(tmp_path: Path) -> None:
     sizes = {a["type"]: a["size"] for a in meta["artifacts"]}
     assert set(sizes) == {"wic", "wic.bmap", "kernel", "initrd", "manifest", "dpkg_status"}
     assert sizes["wic"] > 100 * 2**20 and sizes["kernel"] > 2**20
+    sign_s, verify_s, packages = sign_and_verify(tmp_path / "out-warm")
     report = (
         f"real isar e2e: cold {cold:.0f} s, warm {warm:.0f} s, unchanged {unchanged:.1f} s, "
-        f"forced with nothing to do {bitbake_noop:.0f} s; wic {sizes['wic'] / 2**20:.0f} MiB"
+        f"forced with nothing to do {bitbake_noop:.0f} s; wic {sizes['wic'] / 2**20:.0f} MiB; "
+        f"signed in {sign_s:.1f} s, verified in {verify_s:.1f} s; sbom {packages} packages"
     )
     print(report)
     if os.environ.get("CIPBUILD_E2E_REPORT"):
