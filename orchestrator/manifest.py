@@ -35,6 +35,7 @@ from .packages import Package, from_dpkg_status, from_isar_manifest
 MANIFEST = "manifest.json"
 CHECKSUMS = "SHA256SUMS"
 SBOM = "sbom.cdx.json"
+SPDX = "sbom.spdx.json"
 PROVENANCE = "provenance.intoto.json"
 INDEX = "index.json"
 SIGNED = (CHECKSUMS, MANIFEST, PROVENANCE)  # the per-job files that get a detached <name>.asc
@@ -96,6 +97,9 @@ class ManifestBuilder(_Record):
 
 class ManifestFiles(_Record):
     sbom: str = Field(description="the CycloneDX SBOM, relative to the job folder")
+    spdx: str | None = Field(
+        default=None, description="the SPDX 2.3 SBOM cipbuild wrote (none when the build deployed its own SBOM)"
+    )
     provenance: str
     checksums: Literal["SHA256SUMS"]
     signatures: dict[str, str] = Field(description="signed file -> its detached armored signature")
@@ -373,11 +377,13 @@ def _deployed_sbom(artifacts: list[dict[str, Any]]) -> str | None:
 
 
 def write_job_trust(job_dir: Path) -> list[Path]:
-    """Write manifest.json, sbom.cdx.json (unless the build deployed an SBOM: then it is
-    referenced), provenance.intoto.json and SHA256SUMS into a succeeded job's folder; the paths
-    written (a deployed SBOM's path in place of sbom.cdx.json). Same inputs, same bytes."""
+    """Write manifest.json, sbom.cdx.json and sbom.spdx.json (unless the build deployed an SBOM:
+    then it is referenced, and neither is made), provenance.intoto.json and SHA256SUMS into a
+    succeeded job's folder; the paths written (a deployed SBOM's path in place of the two SBOMs).
+    Same inputs, same bytes."""
     from .provenance import statement
     from .sbom import ImageFacts, sbom_text
+    from .spdx import spdx_text
 
     with _folder(job_dir, "job folder") as dir_fd:
         meta = read_metadata(job_dir, dir_fd)
@@ -421,6 +427,7 @@ def write_job_trust(job_dir: Path) -> list[Path]:
                 kernel_sha256=kernel_art["sha256"] if kernel_art else None,
             )
             outputs[SBOM] = sbom_text(facts, packages, __version__).encode()
+            outputs[SPDX] = spdx_text(facts, packages, __version__).encode()
         provenance = statement(meta, artifacts, locked, log_sha256, __version__)
         outputs[PROVENANCE] = dumps(provenance).encode()
         try:
@@ -439,6 +446,7 @@ def write_job_trust(job_dir: Path) -> list[Path]:
                     "packages": [p.to_json() for p in packages],
                     "files": {
                         "sbom": sbom_path,
+                        "spdx": SPDX if SPDX in outputs else None,
                         "provenance": PROVENANCE,
                         "checksums": CHECKSUMS,
                         "signatures": {name: f"{name}.asc" for name in SIGNED},
@@ -451,6 +459,8 @@ def write_job_trust(job_dir: Path) -> list[Path]:
         for art in data["artifacts"]:
             if art["uncompressed_sha256"] is None:
                 del art["uncompressed_sha256"]
+        if data["files"]["spdx"] is None:
+            del data["files"]["spdx"]
         outputs[MANIFEST] = dumps(data).encode()
         sums = {a["path"]: a["sha256"] for a in artifacts}
         sums.update({name: hashlib.sha256(body).hexdigest() for name, body in outputs.items()})

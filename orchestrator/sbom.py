@@ -64,6 +64,13 @@ class ImageFacts:
     kernel_sha256: str | None
 
 
+def serial(facts: ImageFacts, packages: list[Package]) -> uuid.UUID:
+    """The SBOM's identity, derived from what it describes: the CycloneDX serial number, and the
+    last segment of the SPDX document namespace."""
+    seed = json.dumps([facts.job_id, facts.inputs_digest, facts.image_sha256, [p.to_json() for p in packages]])
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"https://cipbuild.invalid/sbom/{seed}")
+
+
 def sbom_text(facts: ImageFacts, packages: list[Package], cipbuild_version: str) -> str:
     """The CycloneDX 1.6 JSON document (sorted keys, two-space indent, final newline)."""
     from cyclonedx.model import HashAlgorithm, HashType, Property
@@ -111,14 +118,13 @@ def sbom_text(facts: ImageFacts, packages: list[Package], cipbuild_version: str)
                 properties=[Property(name="cipbuild:artifact", value=facts.kernel_path)],
             )
         )
-    seed = json.dumps([facts.job_id, facts.inputs_digest, facts.image_sha256, [p.to_json() for p in packages]])
     metadata = BomMetaData(
         component=root,
         timestamp=datetime.fromisoformat(facts.finished) if facts.finished else None,
     )
     metadata.tools.components.add(tool)
     bom = Bom(
-        serial_number=uuid.uuid5(uuid.NAMESPACE_URL, f"https://cipbuild.invalid/sbom/{seed}"),
+        serial_number=serial(facts, packages),
         metadata=metadata,
         components=components,
     )

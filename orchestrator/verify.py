@@ -327,22 +327,30 @@ class _Checker:
             self.problem(at + MANIFEST, f"is the manifest of job {str(found_id)[:80]!r}, not of {job_id}")
         sums = self.checksums(sums_data, at)
         in_memory = {n: d for n, d in signed.items() if d is not None}
-        sbom_name = self.sbom_name(manifest, sums, at)
-        if sbom_name is not None and sbom_name not in in_memory:
-            data = self.read_small(source, sbom_name, at + sbom_name)
-            if data is not None:
-                in_memory[sbom_name] = data
+        sboms = [self.sbom_name(manifest, sums, at), self.sbom_name(manifest, sums, at, key="spdx", required=False)]
+        sbom_names = list(dict.fromkeys(name for name in sboms if name is not None))
+        for sbom_name in sbom_names:
+            if sbom_name not in in_memory:
+                data = self.read_small(source, sbom_name, at + sbom_name)
+                if data is not None:
+                    in_memory[sbom_name] = data
         actual = self.hash_listed(source, sums, at, in_memory)
         self.artifacts(source, manifest, sums, actual, at)
-        if sbom_name is not None and sbom_name in in_memory:
-            self.sbom(manifest, in_memory[sbom_name], at + sbom_name)
+        for sbom_name in sbom_names:
+            if sbom_name in in_memory:
+                self.sbom(manifest, in_memory[sbom_name], at + sbom_name)
         self.report.checks.append(f"{at}{MANIFEST}: job {found_id}, {len(sums)} checksum line(s)")
 
-    def sbom_name(self, manifest: dict[str, Any], sums: dict[str, str], at: str) -> str | None:
+    def sbom_name(
+        self, manifest: dict[str, Any], sums: dict[str, str], at: str, key: str = "sbom", required: bool = True
+    ) -> str | None:
+        """The SBOM ``files.<key>`` names, when it is a safe name listed in SHA256SUMS."""
         files = manifest.get("files")
-        name = files.get("sbom") if isinstance(files, dict) else None
+        name = files.get(key) if isinstance(files, dict) else None
+        if name is None and not required:
+            return None
         if not isinstance(name, str) or safe_name(name) is not None:
-            self.problem(at + MANIFEST, "does not name its SBOM (files.sbom)")
+            self.problem(at + MANIFEST, f"does not name its SBOM (files.{key})")
             return None
         name = str(PurePosixPath(name))
         if name not in sums:

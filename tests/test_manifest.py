@@ -24,6 +24,7 @@ from orchestrator.manifest import (
     PROVENANCE,
     SBOM,
     SIGNED,
+    SPDX,
     manifest_schema_text,
     write_index,
     write_job_trust,
@@ -138,7 +139,7 @@ def load(path: Path) -> Any:
 @pytest.mark.integration
 def test_a_built_job_gets_manifest_checksums_and_provenance(job: Path) -> None:
     written = write_job_trust(job)
-    assert sorted(p.name for p in written) == sorted([MANIFEST, SBOM, PROVENANCE, CHECKSUMS])
+    assert sorted(p.name for p in written) == sorted([MANIFEST, SBOM, SPDX, PROVENANCE, CHECKSUMS])
     # sha256sum alone checks the whole folder
     proc = subprocess.run(
         ["sha256sum", "--strict", "-c", CHECKSUMS], check=False, cwd=job, capture_output=True, text=True
@@ -146,7 +147,7 @@ def test_a_built_job_gets_manifest_checksums_and_provenance(job: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     meta = load(job / "metadata.json")
     listed = [line.split("  ", 1)[1] for line in (job / CHECKSUMS).read_text().splitlines()]
-    assert listed == sorted([a["path"] for a in meta["artifacts"]] + [MANIFEST, SBOM, PROVENANCE])
+    assert listed == sorted([a["path"] for a in meta["artifacts"]] + [MANIFEST, SBOM, SPDX, PROVENANCE])
 
     manifest = load(job / MANIFEST)
     jsonschema.validate(manifest, load(default_catalog_dir() / "schemas" / "manifest.schema.json"))
@@ -168,6 +169,7 @@ def test_a_built_job_gets_manifest_checksums_and_provenance(job: Path) -> None:
     ]
     assert manifest["files"] == {
         "sbom": SBOM,
+        "spdx": SPDX,
         "provenance": PROVENANCE,
         "checksums": CHECKSUMS,
         "signatures": {name: f"{name}.asc" for name in SIGNED},
@@ -205,7 +207,7 @@ def test_provenance_names_subjects_commits_builder_and_log(job: Path) -> None:
 def test_a_second_run_writes_the_same_bytes(job: Path) -> None:
     first = {p.name: p.read_bytes() for p in write_job_trust(job)}
     second = {p.name: p.read_bytes() for p in write_job_trust(job)}
-    assert first == second
+    assert first == second and SPDX in first
 
 
 @pytest.mark.integration
@@ -295,11 +297,11 @@ def test_a_symlinked_artifact_is_not_followed(job: Path, tmp_path: Path) -> None
 def test_symlinks_planted_at_output_names_are_replaced_not_written_through(job: Path, tmp_path: Path) -> None:
     target = tmp_path / "victim"
     target.write_text("keep me")
-    for name in (MANIFEST, CHECKSUMS, SBOM, PROVENANCE):
+    for name in (MANIFEST, CHECKSUMS, SBOM, SPDX, PROVENANCE):
         os.symlink(target, job / name)
     write_job_trust(job)
     assert target.read_text() == "keep me"
-    assert not any((job / name).is_symlink() for name in (MANIFEST, CHECKSUMS, SBOM, PROVENANCE))
+    assert not any((job / name).is_symlink() for name in (MANIFEST, CHECKSUMS, SBOM, SPDX, PROVENANCE))
 
 
 @pytest.mark.integration

@@ -83,7 +83,7 @@ def test_a_signed_release_verifies(cli: Cli, signed: Path, keyring: Path, keys: 
     result = cli("verify", str(signed), "--keyring", str(keyring))
     assert result.code == 0, result.out + result.err
     assert f"checked  index.json: signature good, by {keys.good.fpr}" in result.out
-    assert f"checked  {AMD}/SHA256SUMS: 6/6 file(s) read and hashed" in result.out
+    assert f"checked  {AMD}/SHA256SUMS: 7/7 file(s) read and hashed" in result.out
     assert f"checked  {AMD}/sbom.cdx.json: 3 package(s), the same set as manifest.json" in result.out
     assert "checked  index.json: 2 job(s)" in result.out
     assert "PROBLEM" not in result.out
@@ -172,7 +172,7 @@ def test_escaping_paths_in_a_signed_manifest(cli: Cli, signed: Path, keyring: Pa
     edit_manifest(signed / AMD, swap)
     rewrite_sums(signed / AMD, lambda lines: [*lines, f"{'0' * 64}  {bad}"])
     resign(keys, signed / AMD)
-    out = fails(cli, signed / AMD, keyring, "PROBLEM  manifest.json: artifact", "PROBLEM  SHA256SUMS:7:")
+    out = fails(cli, signed / AMD, keyring, "PROBLEM  manifest.json: artifact", "PROBLEM  SHA256SUMS:8:")
     assert "refused" in out
 
 
