@@ -20,19 +20,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from build import timed  # bench/build.py: time one command, stop on its failure
 from test_signing import make_job
 
 CIPBUILD = [sys.executable, "-m", "orchestrator"]
 JOB = "isar-bookworm-qemu-amd64"
-
-
-def run(argv: list[str], env: dict[str, str], cwd: Path | None = None) -> float:
-    start = time.perf_counter()
-    proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=cwd, check=False)
-    took = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(argv[:4])}... failed ({proc.returncode}):\n{proc.stdout[-2000:]}{proc.stderr}")
-    return took
 
 
 def random_file(path: Path, size: int) -> None:
@@ -105,18 +97,18 @@ def main() -> int:
         for i in range(args.runs):
             rel_small = make_release(tmp, small, f"s{i}")
             rel_big = make_release(tmp, big, f"b{i}")
-            sign_small.append(run([*CIPBUILD, "sign", str(rel_small)], env))
-            sign_big.append(run([*CIPBUILD, "sign", str(rel_big)], env))
+            sign_small.append(timed([*CIPBUILD, "sign", str(rel_small)], env))
+            sign_big.append(timed([*CIPBUILD, "sign", str(rel_big)], env))
             job = rel_big / JOB
-            run(
+            timed(
                 ["dd", f"if={job / 'artifacts' / 'image.wic'}", "of=/dev/null", "bs=1M"], env
             )  # same page-cache state for both
-            ours.append(run([*CIPBUILD, "verify", str(rel_big), "--keyring", str(public)], env))
+            ours.append(timed([*CIPBUILD, "verify", str(rel_big), "--keyring", str(public)], env))
             start = time.perf_counter()
-            run(["sha256sum", "--strict", "-c", "SHA256SUMS"], cenv, cwd=job)
+            timed(["sha256sum", "--strict", "-c", "SHA256SUMS"], cenv, cwd=job)
             for name in ("SHA256SUMS", "manifest.json", "provenance.intoto.json"):
-                run(["gpg", "--batch", "--verify", f"{name}.asc", name], cenv, cwd=job)
-            run(["gpg", "--batch", "--verify", "index.json.asc", "index.json"], cenv, cwd=rel_big)
+                timed(["gpg", "--batch", "--verify", f"{name}.asc", name], cenv, cwd=job)
+            timed(["gpg", "--batch", "--verify", "index.json.asc", "index.json"], cenv, cwd=rel_big)
             theirs.append(time.perf_counter() - start)
             shutil.rmtree(rel_small)
             shutil.rmtree(rel_big)

@@ -518,7 +518,7 @@ def signable_jobs(release_dir: Path) -> tuple[list[Path], list[tuple[str, str]]]
             status = json.loads(meta_path.read_text(encoding="utf-8")).get("status")
         except (OSError, ValueError, AttributeError):
             status = "unreadable metadata.json"
-        if status in ("success", "up-to-date"):
+        if status in SUCCEEDED:
             jobs.append(folder)
         else:
             skipped.append((folder.name, str(status)))

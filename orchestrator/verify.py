@@ -22,17 +22,9 @@ from typing import Any, BinaryIO, Protocol
 from urllib.parse import unquote, urlsplit
 
 from .errors import UserError
+from .manifest import CHECKSUMS, CHUNK, INDEX, INDEX_SCHEMA, MANIFEST, MANIFEST_SCHEMA, SIGNED
 from .signing import SIGNATURE_SUFFIX, GpgHome, import_keys, run_gpg
 
-# The names manifest.py writes; the reading side does not import the writer.
-MANIFEST = "manifest.json"
-CHECKSUMS = "SHA256SUMS"
-PROVENANCE = "provenance.intoto.json"
-INDEX = "index.json"
-SIGNED = (CHECKSUMS, MANIFEST, PROVENANCE)
-MANIFEST_SCHEMA = "cipbuild-manifest/1"
-INDEX_SCHEMA = "cipbuild-index/1"
-CHUNK = 1 << 20
 SMALL_LIMIT = 64 << 20  # a manifest, an SBOM or a checksum list larger than this is refused
 _SUM_LINE = re.compile(r"([0-9a-f]{64}) [ *](.+)")
 _JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
