@@ -130,6 +130,7 @@ class RootlessUser:
         ]
         return subprocess.run(
             ["runuser", "-u", self.name, "--", "env", "-i", *env, *argv],
+            cwd=pw.pw_dir,  # the checkout may lie in a folder only root can enter
             capture_output=True,
             text=True,
             check=False,
