@@ -115,3 +115,93 @@ class BuildProgress:
                     f"task {done} of {total}" if total else "",
                 )
         return table
+
+
+def size_text(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(count) < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    raise AssertionError("unreachable")
+
+
+class TransferProgress:
+    """Progress of a publish: a total bar and one bar per file being sent on a terminal; in CI a
+    line per object and one per tenth of the bytes. Implements ``publish.Watcher``."""
+
+    def __init__(self, *, live: bool | None = None, stream: Any = None):
+        self.stream = stream or sys.stderr
+        self.live = (self.stream.isatty() and not os.environ.get("CI")) if live is None else live
+        self.lock = threading.Lock()
+        self.total = 0
+        self.sent = 0
+        self._bars: Any = None
+        self._tasks: dict[str, Any] = {}
+        self._overall: Any = None
+
+    def __enter__(self) -> TransferProgress:
+        if self.live:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
+            self._bars = Progress(
+                TextColumn("{task.description}", markup=False),
+                BarColumn(),
+                DownloadColumn(binary_units=True),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=Console(file=self.stream),
+            )
+            self._bars.__enter__()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if self._bars is not None:
+            self._bars.__exit__(kind, exc, tb)
+
+    def start(self, plan: Any) -> None:
+        self.total = plan.bytes
+        if self._bars is not None:
+            self._overall = self._bars.add_task("total", total=self.total)
+        else:
+            self._line(f"publishing {len(plan.items)} object(s), {size_text(self.total)}")
+
+    def begin(self, item: Any) -> None:
+        if self._bars is not None and item.size >= 1 << 20:
+            with self.lock:
+                self._tasks[item.key] = self._bars.add_task(item.key, total=item.size)
+
+    def advance(self, item: Any, sent: int) -> None:
+        with self.lock:
+            before = self.sent
+            self.sent += sent
+            task = self._tasks.get(item.key)
+        if self._bars is not None:
+            self._bars.advance(self._overall, sent)
+            if task is not None:
+                self._bars.advance(task, sent)
+        elif self.total and self.sent * 10 // self.total > before * 10 // self.total:
+            self._line(f"sent {size_text(self.sent)} of {size_text(self.total)}")
+
+    def done(self, item: Any, skipped: bool) -> None:
+        with self.lock:
+            task = self._tasks.pop(item.key, None)
+        if self._bars is not None:
+            if skipped:
+                self._bars.advance(self._overall, item.size)
+            if task is not None:
+                self._bars.remove_task(task)
+        else:
+            self._line(f"{'present' if skipped else 'sent   '} {item.key} ({size_text(item.size)})")
+
+    def _line(self, text: str) -> None:
+        with self.lock:
+            self.stream.write(f"{datetime.now().strftime('%H:%M:%S')} {text}\n")
+            self.stream.flush()

@@ -1,8 +1,8 @@
 """Check a signed job folder or release: signatures, checksums, manifest, index and SBOM.
 
-Everything is read through a ``Source`` (relative names: list, open, size) so that a published
-release (`https://`, `s3://`) can be checked with the same code once a reader for it exists;
-``LocalFolder`` is the one today. Each file is read once: the small signed files are kept in
+Everything is read through a ``Source`` (relative names: list, open, size): ``LocalFolder`` for
+what `build` and `sign` wrote, ``store.source.PublishedRelease`` for a published release in a
+folder, a bucket or behind HTTPS. Each file is read once: the small signed files are kept in
 memory, so what gpg verified is exactly what is parsed, and every other file is hashed as it
 streams past in 1 MiB chunks.
 """
@@ -159,15 +159,24 @@ class Prefixed:
         return self.inner.exists(f"{self.prefix}/{name}")
 
 
-def open_source(location: str) -> Source:
-    """The reader for ``location``: a local folder now; `https://` and `s3://` later."""
+def open_source(location: str, endpoint_url: str | None = None) -> Source:
+    """The reader for ``location``: a local job or release folder, or a published release (one
+    with published.json) in a folder, at ``s3://bucket/prefix/<ref>`` or ``https://.../<ref>``."""
+    from .store import open_store
+    from .store.source import PUBLISHED, HttpSource, PublishedRelease, StoreSource
+
     scheme = urlsplit(location).scheme
-    if scheme in ("https", "http", "s3"):
-        raise UserError(f"{scheme}:// sources are not supported yet", where=location, hint="download it first")
+    if scheme in ("https", "http"):
+        return PublishedRelease(HttpSource(location))
+    if scheme in ("s3", "file"):
+        return PublishedRelease(StoreSource(open_store(location, endpoint_url=endpoint_url)))
+    if endpoint_url:
+        raise UserError("--endpoint-url only applies to s3:// locations", where=location)
     path = Path(location)
     if not path.is_dir():
         raise UserError("is not a folder", where=location)
-    return LocalFolder(path)
+    local = LocalFolder(path)
+    return PublishedRelease(local) if local.exists(PUBLISHED) else local
 
 
 @dataclass(frozen=True)
@@ -213,9 +222,9 @@ def safe_name(name: str) -> str | None:
     return None
 
 
-def verify(location: str, keyring: Path) -> Report:
+def verify(location: str, keyring: Path, endpoint_url: str | None = None) -> Report:
     """Check the job folder or release at ``location`` against the public keys in ``keyring``."""
-    source = open_source(location)
+    source = open_source(location, endpoint_url)
     try:
         key_data = keyring.read_bytes()
     except OSError as exc:

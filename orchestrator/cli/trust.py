@@ -64,10 +64,19 @@ def print_signed(release: SignedRelease, as_json: bool) -> None:
 
 @app.command()
 def verify(
-    path: Annotated[str, typer.Argument(help="A job folder or a release folder (index.json + job folders).")],
+    path: Annotated[
+        str,
+        typer.Argument(
+            help="A job folder, a release folder (index.json + job folders), or a published release: "
+            "its folder, s3://bucket/prefix/REF or https://.../REF."
+        ),
+    ],
     keyring: Annotated[
         Path, typer.Option("--keyring", metavar="KEY.asc", help="Public key(s) the signatures must be made by.")
     ],
+    endpoint_url: Annotated[
+        str | None, typer.Option("--endpoint-url", metavar="URL", help="The S3-compatible server of an s3:// PATH.")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Check a signed job folder or release: every signature good and by a key of --keyring,
@@ -77,7 +86,7 @@ def verify(
     """
     from ..verify import verify as run_verify
 
-    report = run_verify(path, keyring)
+    report = run_verify(path, keyring, endpoint_url)
     if as_json:
         print_json({"path": path, **report.to_json()})
     else:

@@ -1,0 +1,572 @@
+"""Publish a signed release to a store: the commit protocol.
+
+Order: every artifact, then each job's trust files (checksums, SBOMs, provenance, manifest,
+signatures), then ``published.json`` (where each file went), then the index's signature and
+``index.json`` itself, and last the ``latest/<channel>.json`` pointer. A reader that finds an
+index finds every object it names. Each object carries its sha256; one already there with the
+same sha256 and size is not sent again, so a rerun after a crash sends only what is missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import stat
+import string
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .cancel import CancelToken
+from .errors import InfrastructureError, UserError
+from .manifest import CHECKSUMS, INDEX, MANIFEST, SHA256_HEX, SIGNED, dumps
+from .signing import SIGNATURE_SUFFIX
+from .store import LocalStore, S3Store, check_key
+
+PUBLISHED = "published.json"
+PUBLISHED_SCHEMA = "cipbuild-published/1"
+POINTER_SCHEMA = "cipbuild-latest/1"
+LATEST = "latest"  # <prefix>/latest/<channel>.json
+LAYOUT = "{board}/{file}"  # CIP's bucket layout: <prefix>/<ref>/<board>/<file>
+LAYOUT_FIELDS = ("board", "job", "distro", "release", "file", "path")
+SMALL = 64 << 20  # trust files are read whole (what was checked is what is sent)
+ATTEMPTS = 4  # per object, on top of botocore's own retries of each request
+_REF = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+_SUM_LINE = re.compile(r"([0-9a-f]{64}) [ *](.+)")
+
+Stage = Literal["artifact", "trust", "record", "index", "pointer"]
+
+
+# --- the published record: what the test stage reads -------------------------------------------
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class PublishedObject(_Record):
+    name: str = Field(description="the file's name in the signed release: <job>/<path> or index.json")
+    path: str = Field(description="where it is, relative to the release (<prefix>/<ref>/)")
+    url: str
+    sha256: str = Field(pattern=SHA256_HEX)
+    size: int = Field(ge=0)
+    type: str = Field(description="the artifact type (wic, kernel, initrd, ...) or the trust file's role")
+
+
+class PublishedJob(_Record):
+    id: str
+    board: str
+    distro: str
+    release: str
+    manifest: str = Field(description="URL of the job's manifest.json")
+    objects: list[PublishedObject]
+
+
+class Published(_Record):
+    """published.json: where every file of a release went (stored beside index.json)."""
+
+    schema_: Literal["cipbuild-published/1"] = Field(alias="schema")
+    store: str
+    ref: str
+    layout: str
+    url: str = Field(description="the release's URL: <store>/<ref>/")
+    index: PublishedObject
+    index_signature: PublishedObject
+    jobs: list[PublishedJob]
+
+
+# --- what to publish ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Item:
+    name: str  # in the signed release: "<job>/<path in the job folder>" or "index.json"
+    key: str  # relative to the store: "<ref>/<path>"
+    source: Path
+    size: int
+    sha256: str
+    stage: Stage
+    type: str
+    job: str | None = None
+    data: bytes | None = None  # small files, read and checked once
+
+
+@dataclass(frozen=True)
+class JobFacts:
+    id: str
+    board: str
+    distro: str
+    release: str
+
+
+@dataclass
+class Plan:
+    release_dir: Path
+    ref: str
+    layout: str
+    jobs: list[JobFacts]
+    items: list[Item]  # in commit order; one per key
+    by_job: dict[str, list[Item]]  # each job's files, by the name it has there (a shared key is one item)
+
+    def stage(self, stage: Stage) -> list[Item]:
+        return [item for item in self.items if item.stage == stage]
+
+    @property
+    def bytes(self) -> int:
+        return sum(item.size for item in self.items)
+
+
+def default_ref(cwd: Path | None = None) -> str:
+    """The ref a CI pipeline or the checkout names: CI_COMMIT_TAG, CI_COMMIT_REF_SLUG, the git
+    branch of the working folder, else ``local``."""
+    for name in ("CI_COMMIT_TAG", "CI_COMMIT_REF_SLUG"):
+        if os.environ.get(name):
+            return slug(os.environ[name])
+    try:
+        branch = subprocess.run(
+            ["git", "rev-parse", "--abbrev-ref", "HEAD"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        branch = ""
+    return slug(branch) if branch and branch != "HEAD" else "local"
+
+
+def slug(text: str) -> str:
+    """GitLab's CI_COMMIT_REF_SLUG rules, keeping dots (tags like v1.2): lower case, other
+    characters to '-', at most 63, no '-' at either end."""
+    return re.sub(r"[^a-z0-9.]+", "-", text.lower())[:63].strip("-.") or "local"
+
+
+def check_ref(ref: str) -> str:
+    if not _REF.fullmatch(ref) or ".." in ref or ref == LATEST:
+        raise UserError(
+            f"{ref!r} is not a ref name",
+            where="--ref",
+            hint=f"lower-case letters, digits, '.', '_' and '-', at most 63, not {LATEST!r} (e.g. master, v1.2)",
+        )
+    return ref
+
+
+def check_layout(layout: str) -> str:
+    try:
+        fields = [f for _, f, spec, conv in string.Formatter().parse(layout) if f is not None or spec or conv]
+    except ValueError as exc:
+        raise UserError(f"{layout!r} is not a template: {exc}", where="--layout") from None
+    unknown = [f for f in fields if f not in LAYOUT_FIELDS]
+    if unknown:
+        raise UserError(
+            f"unknown field {{{unknown[0]}}} in {layout!r}",
+            where="--layout",
+            hint="use " + ", ".join(f"{{{f}}}" for f in LAYOUT_FIELDS),
+        )
+    if "file" not in fields and "path" not in fields:
+        raise UserError(f"{layout!r} names no file", where="--layout", hint="end it with {file} or {path}")
+    return layout
+
+
+def plan_publish(release_dir: Path, ref: str, layout: str = LAYOUT) -> Plan:
+    """Every file of the signed release at ``release_dir`` with the key it goes to; UserError
+    (before anything is sent) for an unsigned release, a file that changed since it was signed,
+    or a layout that makes two different files share a key or leave the prefix."""
+    check_ref(ref)
+    check_layout(layout)
+    reader = _ReleaseReader(release_dir)
+    index_data = reader.small(INDEX, hint="sign it first: `cipbuild sign`")
+    index_sig = reader.small(INDEX + SIGNATURE_SUFFIX, hint="sign it first: `cipbuild sign`")
+    try:
+        entries = json.loads(index_data)["jobs"]
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"{release_dir / INDEX} is not a cipbuild index") from None
+    by_key: dict[str, Item] = {}
+    jobs: list[JobFacts] = []
+
+    def add(item: Item) -> None:
+        check_key(item.key, where=f"--layout {layout!r} for {item.name}")
+        if item.key in (f"{ref}/{INDEX}", f"{ref}/{INDEX}{SIGNATURE_SUFFIX}", f"{ref}/{PUBLISHED}") and (
+            item.stage != "index"
+        ):
+            raise UserError(f"--layout {layout!r} puts {item.name} on the release's own {item.key}")
+        other = by_key.get(item.key)
+        if other is not None and other.sha256 != item.sha256:
+            raise UserError(
+                f"--layout {layout!r} puts {other.name} and {item.name} (different files) on the same key {item.key}",
+                hint="add {job} to the layout",
+            )
+        by_key.setdefault(item.key, item)
+
+    names: dict[str, list[Item]] = {}
+    for entry in entries:
+        facts, items = reader.job(entry, ref, layout)
+        jobs.append(facts)
+        names[facts.id] = items
+        for item in items:
+            add(item)
+    for name, data in ((INDEX + SIGNATURE_SUFFIX, index_sig), (INDEX, index_data)):
+        add(_small_item(name, f"{ref}/{name}", release_dir / name, data, "index", "index"))
+    order: dict[Stage, int] = {"artifact": 0, "trust": 1, "index": 3}
+    items = sorted(by_key.values(), key=lambda i: (order[i.stage], i.name != INDEX + SIGNATURE_SUFFIX, i.key))
+    return Plan(release_dir, ref, layout, jobs, items, names)
+
+
+def _small_item(
+    name: str, key: str, source: Path, data: bytes, stage: Stage, kind: str, job: str | None = None
+) -> Item:
+    return Item(name, key, source, len(data), hashlib.sha256(data).hexdigest(), stage, kind, job, data)
+
+
+class _ReleaseReader:
+    """Reads the local signed release, never through a symlink, checking as it goes."""
+
+    def __init__(self, root: Path):
+        if not root.is_dir():
+            raise UserError("is not a folder", where=str(root))
+        self.root = root
+
+    def lstat(self, rel: str, hint: str | None = None) -> os.stat_result:
+        path = self.root / rel
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            raise UserError("is missing", where=str(path), hint=hint) from None
+        if stat.S_ISLNK(info.st_mode) or not stat.S_ISREG(info.st_mode):
+            raise UserError("is not a regular file (a symlink is never published)", where=str(path))
+        for parent in PurePosixPath(rel).parents:
+            if str(parent) != "." and os.path.islink(self.root / str(parent)):
+                raise UserError("is a symlink: refused", where=str(self.root / str(parent)))
+        return info
+
+    def small(self, rel: str, hint: str | None = None) -> bytes:
+        info = self.lstat(rel, hint)
+        if info.st_size > SMALL:
+            raise UserError(f"is larger than {SMALL >> 20} MiB", where=str(self.root / rel))
+        fd = os.open(self.root / rel, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as handle:
+            return handle.read(SMALL + 1)
+
+    def job(self, entry: Any, ref: str, layout: str) -> tuple[JobFacts, list[Item]]:
+        job_id = entry.get("id") if isinstance(entry, dict) else None
+        if not isinstance(job_id, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", job_id):
+            raise UserError(f"{self.root / INDEX} names a job {str(job_id)[:80]!r} that is not a job id")
+        unsigned = f"{job_id} was never signed: run `cipbuild sign {self.root}`"
+        for name in SIGNED:
+            self.lstat(f"{job_id}/{name}{SIGNATURE_SUFFIX}", hint=unsigned)
+        manifest_data = self.small(f"{job_id}/{MANIFEST}", hint=unsigned)
+        if hashlib.sha256(manifest_data).hexdigest() != entry.get("sha256"):
+            raise UserError(
+                f"{self.root / job_id / MANIFEST} changed since {INDEX} was signed", hint="sign the release again"
+            )
+        manifest = json.loads(manifest_data)
+        job = manifest.get("job", {})
+        facts = JobFacts(job_id, str(job.get("board")), str(job.get("distro")), str(job.get("release")))
+        sums = self.checksums(job_id)
+        types = {a["path"]: a["type"] for a in manifest.get("artifacts", [])}
+        fields = {"board": facts.board, "job": job_id, "distro": facts.distro, "release": facts.release}
+        items: list[Item] = []
+        in_job = [*sums, CHECKSUMS, *(name + SIGNATURE_SUFFIX for name in SIGNED)]
+        for rel in in_job:
+            artifact = rel.startswith("artifacts/")
+            file = PurePosixPath(rel).name if artifact else f"{job_id}.{rel}"
+            key = f"{ref}/" + layout.format(**fields, file=file, path=rel)
+            name = f"{job_id}/{rel}"
+            if artifact:
+                info = self.lstat(name)
+                if info.st_size == 0 and sums[rel] != hashlib.sha256(b"").hexdigest():
+                    raise UserError(f"{self.root / name} is empty: it changed since it was signed")
+                items.append(
+                    Item(
+                        name, key, self.root / name, info.st_size, sums[rel], "artifact", types.get(rel, "file"), job_id
+                    )
+                )
+                continue
+            data = manifest_data if rel == MANIFEST else self.small(name)
+            item = _small_item(name, key, self.root / name, data, "trust", _role(rel), job_id)
+            if rel in sums and sums[rel] != item.sha256:
+                raise UserError(f"{self.root / name} changed since it was signed (sha256 differs from {CHECKSUMS})")
+            items.append(item)
+        return facts, items
+
+    def checksums(self, job_id: str) -> dict[str, str]:
+        path = f"{job_id}/{CHECKSUMS}"
+        sums: dict[str, str] = {}
+        for number, line in enumerate(self.small(path).decode("utf-8", "replace").splitlines(), 1):
+            match = _SUM_LINE.fullmatch(line)
+            rel = match.group(2) if match else ""
+            parts = PurePosixPath(rel).parts
+            if match is None or not rel or rel.startswith("/") or ".." in parts or "\\" in rel:
+                raise UserError("is not a `<sha256>  <relative path>` line", where=f"{self.root / path}:{number}")
+            sums[str(PurePosixPath(rel))] = match.group(1)
+        return sums
+
+
+def _role(rel: str) -> str:
+    if rel.endswith(SIGNATURE_SUFFIX):
+        return "signature"
+    return {CHECKSUMS: "checksums", MANIFEST: "manifest"}.get(rel, rel.split(".", 1)[0])
+
+
+# --- sending ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Tally:
+    sent_objects: int = 0
+    sent_bytes: int = 0
+    skipped_objects: int = 0
+    skipped_bytes: int = 0
+    retried: int = 0
+    aborted_uploads: int = 0
+    seconds: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "lock"}
+
+
+class Watcher(Protocol):
+    """What publishing reports as it goes (progress.TransferProgress draws it)."""
+
+    def start(self, plan: Plan) -> None: ...
+
+    def begin(self, item: Item) -> None: ...
+
+    def advance(self, item: Item, sent: int) -> None: ...
+
+    def done(self, item: Item, skipped: bool) -> None: ...
+
+
+class Silent:
+    def start(self, plan: Plan) -> None:
+        pass
+
+    def begin(self, item: Item) -> None:
+        pass
+
+    def advance(self, item: Item, sent: int) -> None:
+        pass
+
+    def done(self, item: Item, skipped: bool) -> None:
+        pass
+
+
+Store = LocalStore | S3Store
+
+
+def publish(
+    store: Store,
+    plan: Plan,
+    token: CancelToken,
+    *,
+    latest: str | None = None,
+    watcher: Watcher | None = None,
+    workers: int = 4,
+) -> tuple[Published, Tally]:
+    """Send ``plan`` to ``store`` in commit order; the published record and what was sent."""
+    if latest is not None:
+        check_channel(latest)
+    watcher = watcher or Silent()
+    tally = Tally()
+    started = time.monotonic()
+    store.check()
+    tally.aborted_uploads = store.abort_incomplete(plan.ref)
+    watcher.start(plan)
+    record = published_record(store, plan)
+    record_item = _small_item(
+        PUBLISHED, f"{plan.ref}/{PUBLISHED}", plan.release_dir, _record_bytes(record), "record", "published"
+    )
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="publish") as pool:
+        for stage in ("artifact", "trust"):
+            _run_all(pool, [partial(send, store, item, token, tally, watcher) for item in plan.stage(stage)])
+    send(store, record_item, token, tally, watcher)
+    for item in plan.stage("index"):  # the signature, then index.json: the commit point
+        send(store, item, token, tally, watcher)
+    if latest is not None:
+        index = next(i for i in plan.items if i.name == INDEX)
+        pointer = {"schema": POINTER_SCHEMA, "ref": plan.ref, "index": index.key, "sha256": index.sha256}
+        data = dumps(pointer).encode()
+        send(
+            store,
+            _small_item(
+                f"{LATEST}/{latest}.json",
+                f"{LATEST}/{check_channel(latest)}.json",
+                plan.release_dir,
+                data,
+                "pointer",
+                "pointer",
+            ),
+            token,
+            tally,
+            watcher,
+        )
+    tally.seconds = round(time.monotonic() - started, 3)
+    return record, tally
+
+
+def check_channel(name: str) -> str:
+    if not _REF.fullmatch(name):
+        raise UserError(f"{name!r} is not a channel name", where="--latest", hint="like a ref: master, v1.2")
+    return name
+
+
+def _run_all(pool: ThreadPoolExecutor, calls: list[Callable[[], None]]) -> None:
+    """Run ``calls`` on ``pool``; the first error is raised once every call has ended."""
+    futures = [pool.submit(call) for call in calls]
+    errors = [f.exception() for f in futures]
+    first = next((e for e in errors if e is not None), None)
+    if first is not None:
+        raise first
+
+
+def send(store: Store, item: Item, token: CancelToken, tally: Tally, watcher: Watcher) -> None:
+    """Put ``item`` unless the store already holds it (same sha256 and size); retried a few times
+    on infrastructure errors, checking before each retry whether the last try landed after all."""
+    watcher.begin(item)
+    for attempt in range(1, ATTEMPTS + 1):
+        token.check()
+        found = store.head(item.key)
+        if found is not None and found.sha256 == item.sha256 and found.size == item.size:
+            with tally.lock:
+                if attempt == 1:
+                    tally.skipped_objects += 1
+                    tally.skipped_bytes += item.size
+                else:
+                    tally.sent_objects += 1
+            watcher.done(item, skipped=attempt == 1)
+            return
+        sent = 0
+
+        def progress(count: int) -> None:
+            nonlocal sent
+            token.check()  # a cancel stops a big upload between two parts (and aborts it)
+            sent += count
+            with tally.lock:
+                tally.sent_bytes += count
+            watcher.advance(item, count)
+
+        try:
+            if item.data is not None:
+                store.put_bytes(item.key, item.data, content_type=_content_type(item.key))
+                progress(len(item.data))
+            else:
+                store.put_file(item.key, str(item.source), size=item.size, sha256=item.sha256, progress=progress)
+        except InfrastructureError:
+            if attempt == ATTEMPTS:
+                raise
+            with tally.lock:
+                tally.retried += 1
+                tally.sent_bytes -= sent
+            watcher.advance(item, -sent)
+            if token.sleep(min(2.0**attempt / 4, 4.0)):
+                token.check()
+            continue
+        with tally.lock:
+            tally.sent_objects += 1
+        watcher.done(item, skipped=False)
+        return
+
+
+def _content_type(key: str) -> str:
+    if key.endswith(".json"):
+        return "application/json"
+    if key.endswith(SIGNATURE_SUFFIX):
+        return "application/pgp-signature"
+    if key.endswith(CHECKSUMS):
+        return "text/plain; charset=utf-8"
+    return "application/octet-stream"
+
+
+def published_record(store: Store, plan: Plan) -> Published:
+    prefix = f"{plan.ref}/"
+
+    def obj(item: Item) -> dict[str, Any]:
+        return {
+            "name": item.name,
+            "path": item.key[len(prefix) :],
+            "url": store.public_url(item.key),
+            "sha256": item.sha256,
+            "size": item.size,
+            "type": item.type,
+        }
+
+    by_name = {item.name: item for item in plan.items}
+    keyed = {item.key: item for item in plan.items}
+    jobs = []
+    for facts in plan.jobs:
+        objects = []
+        for item in plan.by_job[facts.id]:  # a file two jobs share is sent once, named by both
+            objects.append({**obj(keyed[item.key]), "name": item.name, "type": item.type})
+        jobs.append(
+            {
+                "id": facts.id,
+                "board": facts.board,
+                "distro": facts.distro,
+                "release": facts.release,
+                "manifest": next(o["url"] for o in objects if o["name"] == f"{facts.id}/{MANIFEST}"),
+                "objects": objects,
+            }
+        )
+    return Published.model_validate(
+        {
+            "schema": PUBLISHED_SCHEMA,
+            "store": store.url,
+            "ref": plan.ref,
+            "layout": plan.layout,
+            "url": store.public_url(f"{plan.ref}/{INDEX}")[: -len(INDEX)],
+            "index": obj(by_name[INDEX]),
+            "index_signature": obj(by_name[INDEX + SIGNATURE_SUFFIX]),
+            "jobs": jobs,
+        }
+    )
+
+
+def _record_bytes(record: Published) -> bytes:
+    return dumps(record.model_dump(mode="json", by_alias=True)).encode()
+
+
+def iter_objects(record: Published) -> Iterator[PublishedObject]:
+    yield record.index
+    yield record.index_signature
+    for job in record.jobs:
+        yield from job.objects
+
+
+_DURATION = re.compile(r"(\d+)([smhdw]?)")
+_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str, where: str) -> int:
+    """Seconds in ``30d``, ``12h``, ``45m``, ``90s`` or ``3600``."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None or int(match.group(1)) == 0:
+        raise UserError(f"{text!r} is not a duration", where=where, hint="like 30d, 12h, 45m or 3600 (seconds)")
+    return int(match.group(1)) * _UNIT[match.group(2)]
+
+
+def presign(store: Store, record: Published, seconds: int) -> Published:
+    """``record`` with every URL replaced by one presigned for ``seconds`` (S3 stores only)."""
+    if not isinstance(store, S3Store):
+        raise UserError("only an s3:// store can presign URLs", where="--presign")
+    if seconds > 7 * 86400:
+        raise UserError("S3 presigned URLs last at most 7 days", where="--presign")
+    prefix = f"{record.ref}/"
+    data = record.model_dump(mode="json", by_alias=True)
+    for obj in [data["index"], data["index_signature"], *(o for job in data["jobs"] for o in job["objects"])]:
+        obj["url"] = store.presigned_url(prefix + obj["path"], seconds)
+    for job in data["jobs"]:
+        job["manifest"] = next(o["url"] for o in job["objects"] if o["name"] == f"{job['id']}/{MANIFEST}")
+    data["url"] = store.presigned_url(f"{prefix}{INDEX}", seconds).split(INDEX, 1)[0]
+    return Published.model_validate(data)
