@@ -164,9 +164,10 @@ def check_ref(ref: str) -> str:
 
 def check_layout(layout: str) -> str:
     try:
-        fields = [f for _, f, spec, conv in string.Formatter().parse(layout) if f is not None or spec or conv]
+        parsed = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(layout) if f is not None]
     except ValueError as exc:
         raise UserError(f"{layout!r} is not a template: {exc}", where="--layout") from None
+    fields = [f for f, _, _ in parsed]
     unknown = [f for f in fields if f not in LAYOUT_FIELDS]
     if unknown:
         raise UserError(
@@ -174,6 +175,8 @@ def check_layout(layout: str) -> str:
             where="--layout",
             hint="use " + ", ".join(f"{{{f}}}" for f in LAYOUT_FIELDS),
         )
+    if any(spec or conv for _, spec, conv in parsed):
+        raise UserError(f"{layout!r} uses a conversion or a format spec", where="--layout", hint="plain {field}s only")
     if "file" not in fields and "path" not in fields:
         raise UserError(f"{layout!r} names no file", where="--layout", hint="end it with {file} or {path}")
     return layout

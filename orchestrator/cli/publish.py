@@ -113,6 +113,11 @@ def publish(
     finally:
         store.close()
     data: dict[str, Any] = record.model_dump(mode="json", by_alias=True)
+    if seconds is not None:
+        from datetime import UTC, datetime, timedelta
+
+        expires = (datetime.now(UTC) + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        data["urls_expire"] = expires
     if as_json:
         print_json({**data, "summary": tally.to_json()})
         return

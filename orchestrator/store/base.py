@@ -7,7 +7,6 @@ import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import PurePosixPath
 from typing import BinaryIO, Protocol
 
 from ..errors import UserError, VerificationError
@@ -54,13 +53,12 @@ class Store(Protocol):
 
 def check_key(key: str, *, where: str = "key") -> str:
     """``key`` when it is a plain relative name that stays inside the store's prefix."""
-    path = PurePosixPath(key)
     bad = (
         not key
         or key.startswith("/")
         or key.endswith("/")
         or "//" in key
-        or any(part in ("..", ".") for part in path.parts)
+        or any(part in ("..", ".") for part in key.split("/"))
         or any(not c.isprintable() or c == "\\" for c in key)
     )
     if bad:

@@ -2,8 +2,8 @@
 
 Each object is written to a partial file beside its key, checked, synced and renamed into place,
 so a reader sees the old object or the new one, never half of one. Its sha256 rides along in the
-``user.cipbuild.sha256`` extended attribute; where the filesystem has none, it is hashed again
-when asked for (reading, never writing).
+``user.cipbuild.sha256`` extended attribute with the size and mtime it was taken at; a file
+changed since (or a filesystem without user xattrs) is hashed again when asked (reading only).
 """
 
 from __future__ import annotations
@@ -80,8 +80,8 @@ class LocalStore:
                     fill(out)  # type: ignore[operator]
                     out.flush()
                     os.fsync(out.fileno())
-                _set_sha256(partial, sha256)
                 os.replace(partial, target)
+                _set_sha256(target, sha256)
             finally:
                 partial.unlink(missing_ok=True)
             dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
@@ -139,15 +139,21 @@ def _copy(reader: HashingReader, out: BinaryIO, progress: Progress) -> None:
         progress(len(data))
 
 
+def _stamp(info: os.stat_result) -> str:
+    return f"{info.st_size}:{info.st_mtime_ns}"
+
+
 def _set_sha256(path: Path, sha256: str) -> None:
     with contextlib.suppress(OSError):  # no user xattrs here: head() hashes instead
-        os.setxattr(path, XATTR, sha256.encode())
+        os.setxattr(path, XATTR, f"{sha256} {_stamp(os.stat(path))}".encode(), follow_symlinks=False)
 
 
 def _xattr(path: Path) -> str | None:
+    """The recorded sha256, when the file has not changed since it was recorded."""
     try:
-        return os.getxattr(path, XATTR).decode()
-    except OSError:
+        sha256, _, stamp = os.getxattr(path, XATTR, follow_symlinks=False).decode().partition(" ")
+        return sha256 if stamp == _stamp(os.stat(path)) else None
+    except (OSError, UnicodeDecodeError):
         return None
 
 

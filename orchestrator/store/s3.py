@@ -69,6 +69,7 @@ class S3Store:
                 max_pool_connections=self.transfer.concurrency + 4,
                 s3={"addressing_style": "path"} if self.endpoint_url else {},
                 user_agent_extra="cipbuild",
+                signature_version="s3v4",
             )
             try:
                 self._client = boto3.session.Session().client("s3", endpoint_url=self.endpoint_url, config=config)
