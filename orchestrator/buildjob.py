@@ -22,7 +22,7 @@ import socket
 import stat
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -85,6 +85,7 @@ class BuildContext:
     threads: int = 1
     mirrors: tuple[Path, ...] = ()
     force: bool = False
+    published: Mapping[str, str] = field(default_factory=dict)  # job id -> inputs digest already published
     environ: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     _digests: dict[str, str] = field(default_factory=dict)
     _engine: dict[str, str] | None = None
@@ -394,6 +395,8 @@ def prepare(ctx: BuildContext, job: Job) -> tuple[dict[str, object], str, BuildR
     kas_text = render(ctx.catalog, job)
     inputs = inputs_of(ctx, job, kas_text)
     digest = digest_of(inputs)
+    if not ctx.force and ctx.published.get(job.id) == digest:
+        return inputs, digest, BuildResult(job, Status.PUBLISHED, job_dir, 0.0, digest, error="published already")
     if not ctx.force:
         artifacts = up_to_date(job_dir, digest)
         if artifacts is not None:

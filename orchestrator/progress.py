@@ -17,6 +17,7 @@ from .status import Status
 STYLE = {
     Status.SUCCESS: "green",
     Status.UP_TO_DATE: "green",
+    Status.PUBLISHED: "green",
     Status.FAILED: "red",
     Status.INFRA_ERROR: "red",
     Status.INTERRUPTED: "yellow",

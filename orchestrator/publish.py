@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal, Protocol
@@ -551,10 +552,10 @@ _DURATION = re.compile(r"(\d+)([smhdw]?)")
 _UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
-def parse_duration(text: str, where: str) -> int:
-    """Seconds in ``30d``, ``12h``, ``45m``, ``90s`` or ``3600``."""
+def parse_duration(text: str, where: str, *, zero: bool = False) -> int:
+    """Seconds in ``30d``, ``12h``, ``45m``, ``90s`` or ``3600`` (0 only when ``zero``)."""
     match = _DURATION.fullmatch(text.strip())
-    if match is None or int(match.group(1)) == 0:
+    if match is None or (int(match.group(1)) == 0 and not zero):
         raise UserError(f"{text!r} is not a duration", where=where, hint="like 30d, 12h, 45m or 3600 (seconds)")
     return int(match.group(1)) * _UNIT[match.group(2)]
 
@@ -573,3 +574,137 @@ def presign(store: Store, record: Published, seconds: int) -> Published:
         job["manifest"] = next(o["url"] for o in job["objects"] if o["name"] == f"{job['id']}/{MANIFEST}")
     data["url"] = store.presigned_url(f"{prefix}{INDEX}", seconds).split(INDEX, 1)[0]
     return Published.model_validate(data)
+
+
+# --- retention ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Release:
+    """One ref folder of a store, as prune sees it."""
+
+    ref: str
+    keys: list[str]
+    size: int
+    published: datetime  # index.json's time, or the newest object's when there is no index
+    complete: bool
+    pointers: list[str] = field(default_factory=list)  # latest/<channel>.json naming it
+    action: str = ""  # "remove" or why it is kept
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ref": self.ref,
+            "published": self.published.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "objects": len(self.keys),
+            "bytes": self.size,
+            "complete": self.complete,
+            "pointers": self.pointers,
+            "action": self.action,
+        }
+
+
+def releases(store: Store) -> list[Release]:
+    """Every ref folder of ``store`` with the pointers naming it, newest first."""
+    found: dict[str, Release] = {}
+    pointers: dict[str, list[str]] = {}
+    for info in store.objects(""):
+        ref, _, rest = info.key.partition("/")
+        if not rest:
+            continue
+        if ref == LATEST:
+            target = _pointer_ref(store, info.key)
+            if target is not None:
+                pointers.setdefault(target, []).append(info.key)
+            continue
+        release = found.setdefault(ref, Release(ref, [], 0, info.modified, False))
+        release.keys.append(info.key)
+        release.size += info.size
+        if rest == INDEX:
+            release.complete = True
+            release.published = info.modified
+        elif not release.complete:
+            release.published = max(release.published, info.modified)
+    for ref, names in pointers.items():
+        if ref in found:
+            found[ref].pointers = sorted(names)
+    return sorted(found.values(), key=lambda r: (r.published, r.ref), reverse=True)
+
+
+def _pointer_ref(store: Store, key: str) -> str | None:
+    try:
+        with store.open(key) as handle:
+            data = json.loads(handle.read(1 << 20))
+    except (KeyError, ValueError):
+        return None
+    ref = data.get("ref") if isinstance(data, dict) else None
+    return ref if isinstance(ref, str) else None
+
+
+def choose_prunable(found: list[Release], patterns: list[str], older_than: int, keep: int) -> list[Release]:
+    """Mark each release matching ``patterns``: kept (one of the ``keep`` newest, newer than
+    ``older_than`` seconds, or named by a pointer) or to remove. The matching ones, newest first."""
+    from fnmatch import fnmatchcase
+
+    now = datetime.now(UTC)
+    matching = [r for r in found if any(fnmatchcase(r.ref, p) for p in patterns)]
+    newest = 0
+    for release in matching:
+        age = (now - release.published).total_seconds()
+        if release.pointers:
+            release.action = "kept: " + ", ".join(release.pointers) + " names it"
+            continue
+        newest += 1
+        if newest <= keep:
+            release.action = f"kept: one of the {keep} newest"
+        elif age < older_than:
+            release.action = f"kept: {age / 86400:.1f} days old"
+        else:
+            release.action = "remove"
+    return matching
+
+
+def prune_release(store: Store, release: Release) -> None:
+    """Remove a release, its index first: no reader ever finds an index naming a removed object."""
+    first = [f"{release.ref}/{name}" for name in (INDEX, INDEX + SIGNATURE_SUFFIX, PUBLISHED)]
+    store.delete([key for key in first if key in release.keys])
+    store.delete([key for key in release.keys if key not in first])
+
+
+# --- build avoidance across machines ------------------------------------------------------------
+
+
+def published_digests(location: str) -> dict[str, str]:
+    """Job id -> inputs digest of each job manifest the release at ``location`` (a published
+    release: s3://bucket/prefix/<ref>, file:// or a folder) holds; empty when nothing is published
+    there yet. The endpoint of an S3-compatible server comes from AWS_ENDPOINT_URL."""
+    from .store import open_store
+
+    store = open_store(location)
+    try:
+        if isinstance(store, LocalStore) and not store.root.is_dir():
+            return {}
+        try:
+            with store.open(PUBLISHED) as handle:
+                record = Published.model_validate_json(handle.read(SMALL))
+        except KeyError:
+            return {}
+        except ValueError:
+            raise UserError(f"{PUBLISHED} is not a cipbuild published record", where=location) from None
+        digests: dict[str, str] = {}
+        for job in record.jobs:
+            manifest = next((o for o in job.objects if o.name == f"{job.id}/{MANIFEST}"), None)
+            if manifest is None:
+                continue
+            try:
+                with store.open(manifest.path) as handle:
+                    data = handle.read(SMALL)
+            except KeyError:
+                continue  # named but gone: build it
+            if hashlib.sha256(data).hexdigest() != manifest.sha256:
+                continue
+            digest = json.loads(data).get("inputs_digest")
+            if isinstance(digest, str):
+                digests[job.id] = digest
+        return digests
+    finally:
+        store.close()

@@ -84,7 +84,7 @@ class Scheduler:
                 continue
             if cached is not None:
                 results[job.id] = cached
-                self.on_event(job.id, Status.UP_TO_DATE, "")
+                self.on_event(job.id, cached.status, "")
                 self._finished(cached)
             else:
                 self.prepared[job.id] = (inputs, digest)

@@ -20,6 +20,7 @@ class Status(StrEnum):
     RUNNING = "running"
     SUCCESS = "success"
     UP_TO_DATE = "up-to-date"
+    PUBLISHED = "published"  # not built here: the store holds a build of the same inputs
     FAILED = "failed"
     SKIPPED = "skipped"  # not done because an earlier step failed
     INFRA_ERROR = "infra-error"
@@ -31,7 +32,7 @@ class Status(StrEnum):
 
     @property
     def ok(self) -> bool:
-        return self in (Status.SUCCESS, Status.UP_TO_DATE)
+        return self in (Status.SUCCESS, Status.UP_TO_DATE, Status.PUBLISHED)
 
     @property
     def error(self) -> type[CipbuildError] | None:

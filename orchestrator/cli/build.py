@@ -55,6 +55,16 @@ def build(
     key_id: Annotated[
         str | None, typer.Option("--key-id", metavar="ID", help="With --sign: a secret key of your own keyring.")
     ] = None,
+    skip_published: Annotated[
+        str | None,
+        typer.Option(
+            "--skip-published",
+            metavar="RELEASE",
+            help="A published release (s3://bucket/prefix/REF, or its folder): skip each job whose manifest "
+            "there has the same input digest (build avoidance across machines; an S3-compatible server's "
+            "endpoint comes from AWS_ENDPOINT_URL).",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Build the jobs `plan` selects with the same flags, as kas builds inside containers.
@@ -73,6 +83,7 @@ def build(
     from ..runtime import pick_runtime
     from ..scheduler import Options, Scheduler, check_results
     from ..signing import KeySource, SignedRelease, Signer, sign_index, sign_job
+    from ..status import Status
 
     cat = context(ctx).catalog()
     if request.recipe is None and request.sel.is_empty():
@@ -85,6 +96,9 @@ def build(
     for folder in mirror or []:
         if not folder.is_dir():
             raise UserError(f"mirror folder {folder} does not exist", where="--mirror")
+    from ..publish import published_digests
+
+    published = published_digests(skip_published) if skip_published else {}
     engine = pick_runtime(runtime)
     threads = max(1, len(os.sched_getaffinity(0)) // jobs)  # the CPUs this process may use
     build_ctx = BuildContext(
@@ -97,6 +111,7 @@ def build(
         threads=threads,
         mirrors=tuple(m.resolve() for m in mirror or []),
         force=force,
+        published=published,
     )
     in_ci = bool(os.environ.get("CI"))
     opts = Options(jobs=jobs, keep_going=in_ci if keep_going is None else keep_going)
@@ -106,13 +121,13 @@ def build(
         signer = stack.enter_context(Signer(KeySource.from_env(key_id))) if sign else None
 
         def sign_built(result: BuildResult) -> None:  # each job as it finishes
-            if signer is not None and result.status.ok:
+            if signer is not None and result.status in (Status.SUCCESS, Status.UP_TO_DATE):
                 signatures[result.job.id] = sign_job(signer, result.job_dir)
 
         with BuildProgress([j.id for j in chosen]) as progress:
             results = Scheduler(build_ctx, opts, progress.event, progress.task, after_job=sign_built).run(chosen)
         if signer is not None and signatures:
-            skipped = [(r.job.id, str(r.status)) for r in results if not r.status.ok]
+            skipped = [(r.job.id, str(r.status)) for r in results if r.job.id not in signatures]
             signed = sign_index(signer, build_ctx.out_dir, signatures, skipped)
     if as_json:
         data = {"out": str(build_ctx.out_dir), "runtime": engine.name, "results": [r.to_json() for r in results]}

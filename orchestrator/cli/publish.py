@@ -132,3 +132,55 @@ def publish(
         f"{tally.skipped_objects} already there, {size_text(tally.skipped_bytes)}; {tally.seconds:.1f} s"
         + (f"; aborted {tally.aborted_uploads} unfinished upload(s)" if tally.aborted_uploads else "")
     )
+
+
+@app.command()
+def prune(
+    ref_pattern: Annotated[
+        list[str],
+        typer.Option(
+            "--ref-pattern", metavar="GLOB", help="Releases (refs) to consider, e.g. 'feature-*'; repeatable."
+        ),
+    ],
+    older_than: Annotated[
+        str, typer.Option("--older-than", metavar="DURATION", help="Remove only releases older than this (e.g. 30d).")
+    ],
+    keep: Annotated[int, typer.Option("--keep", min=0, help="Always keep this many of the newest matching.")] = 3,
+    to: StoreOpt = "publish",
+    endpoint_url: EndpointOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be removed; remove nothing.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Remove old per-branch releases from a store: those matching --ref-pattern, older than
+    --older-than, beyond the --keep newest. A release a latest/<channel>.json pointer names is
+    never removed. Each goes index first, so no reader finds an index naming a removed object.
+
+    Exit codes: 0 done, 2 bad arguments or store, 4 the store failed.
+    """
+    from ..progress import size_text
+    from ..publish import choose_prunable, parse_duration, prune_release, releases
+    from ..store import open_store
+
+    seconds = parse_duration(older_than, "--older-than", zero=True)
+    store = open_store(to, endpoint_url=endpoint_url)
+    try:
+        store.check()
+        matching = choose_prunable(releases(store), ref_pattern, seconds, keep)
+        doomed = [r for r in matching if r.action == "remove"]
+        if not dry_run:
+            for release in doomed:
+                prune_release(store, release)
+    finally:
+        store.close()
+    verb = "would remove" if dry_run else "removed"
+    if as_json:
+        print_json({"store": store.url, "dry_run": dry_run, "releases": [r.to_json() for r in matching]})
+        return
+    from ..output import print_table
+
+    rows = [
+        [r.ref, r.published.strftime("%Y-%m-%d %H:%M"), size_text(r.size), verb if r.action == "remove" else r.action]
+        for r in matching
+    ]
+    print_table(None, ["ref", "published", "size", "action"], rows)
+    print_line(f"{verb} {len(doomed)} of {len(matching)} matching release(s), {size_text(sum(r.size for r in doomed))}")
