@@ -323,7 +323,11 @@ def _artifact_records(job_dir: Path, meta: dict[str, Any]) -> list[dict[str, Any
             or name in (".", "..")
         ):
             raise UserError(f"{job_dir}/metadata.json: artifact record {rec!r} is not valid: refused")
-        out.append({"path": path, "type": rec["type"], "size": rec["size"], "sha256": rec["sha256"]})
+        record = {"path": path, "type": rec["type"], "size": rec["size"], "sha256": rec["sha256"]}
+        inner = rec.get("uncompressed_sha256")  # `sign --compress` knew it: no need to decompress
+        if isinstance(inner, str) and re.fullmatch(SHA256_HEX[1:-1], inner) and path.endswith(COMPRESSED):
+            record["uncompressed_sha256"] = inner
+        out.append(record)
     return out
 
 
@@ -396,7 +400,7 @@ def write_job_trust(job_dir: Path) -> list[Path]:
             try:
                 if os.fstat(fd).st_size != art["size"]:
                     raise UserError(f"{job_dir / art['path']} changed since it was built (size): rebuild the job")
-                if art["path"].endswith(COMPRESSED):
+                if art["path"].endswith(COMPRESSED) and "uncompressed_sha256" not in art:
                     inner = _uncompressed_sha256(fd, art["path"], job_dir / art["path"])
                     if inner:
                         art["uncompressed_sha256"] = inner

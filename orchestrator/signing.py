@@ -308,10 +308,13 @@ def jobs_to_sign(release_dir: Path) -> tuple[list[Path], list[tuple[str, str]]]:
     return jobs, skipped
 
 
-def sign_job(signer: Signer, job_dir: Path) -> list[Path]:
-    """Write a built job's trust files (manifest, SBOM, provenance, SHA256SUMS) and sign them."""
+def sign_job(signer: Signer, job_dir: Path, compress: str = "none") -> list[Path]:
+    """Write a built job's trust files (manifest, SBOM, provenance, SHA256SUMS) and sign them;
+    with ``compress`` (zstd, xz), its disk images are compressed first."""
     from . import manifest
+    from .compress import compress_job
 
+    compress_job(job_dir, compress)
     manifest.write_job_trust(job_dir)
     return [signer.sign(job_dir / name) for name in manifest.SIGNED]
 
@@ -327,7 +330,8 @@ def sign_index(
     return SignedRelease(dict(sorted(signed.items())), skipped, index, signer.sign(index), signer.key.fingerprint)
 
 
-def sign_release(signer: Signer, release_dir: Path) -> SignedRelease:
+def sign_release(signer: Signer, release_dir: Path, compress: str = "none") -> SignedRelease:
     """Sign every job of ``release_dir`` that built, then its index.json."""
     jobs, skipped = jobs_to_sign(release_dir)
-    return sign_index(signer, release_dir, {job_dir.name: sign_job(signer, job_dir) for job_dir in jobs}, skipped)
+    signed = {job_dir.name: sign_job(signer, job_dir, compress) for job_dir in jobs}
+    return sign_index(signer, release_dir, signed, skipped)

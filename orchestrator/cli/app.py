@@ -76,6 +76,15 @@ def _root(
     ctx.obj = CliContext(catalog)
 
 
+CompressOpt = Annotated[
+    str,
+    typer.Option(
+        "--compress",
+        metavar="zstd|xz|none",
+        help="Compress each job's disk images (.wic) before signing, replacing the raw file: zstd or xz on "
+        "every core, streaming. The manifest records both digests; publish sends the compressed file.",
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")]
 JobIdsArg = Annotated[list[str] | None, typer.Argument(help="Job ids (optional).", show_default=False)]
 RecipeOpt = Annotated[

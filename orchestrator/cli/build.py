@@ -10,7 +10,18 @@ import typer
 
 from ..errors import UserError
 from ..output import print_json, print_line, print_table
-from .app import CacheOpt, ImageOpt, JsonOpt, Request, RuntimeOpt, app, builder_images, context, selects_jobs
+from .app import (
+    CacheOpt,
+    CompressOpt,
+    ImageOpt,
+    JsonOpt,
+    Request,
+    RuntimeOpt,
+    app,
+    builder_images,
+    context,
+    selects_jobs,
+)
 from .trust import print_signed, signed_json
 
 
@@ -55,6 +66,7 @@ def build(
     key_id: Annotated[
         str | None, typer.Option("--key-id", metavar="ID", help="With --sign: a secret key of your own keyring.")
     ] = None,
+    compress: CompressOpt = "none",
     skip_published: Annotated[
         str | None,
         typer.Option(
@@ -96,8 +108,12 @@ def build(
     for folder in mirror or []:
         if not folder.is_dir():
             raise UserError(f"mirror folder {folder} does not exist", where="--mirror")
+    from ..compress import check_method
     from ..publish import published_digests
 
+    check_method(compress)
+    if compress != "none" and not sign:
+        raise UserError("--compress goes with --sign (or use `cipbuild sign --compress`)", where="--compress")
     published = published_digests(skip_published) if skip_published else {}
     engine = pick_runtime(runtime)
     threads = max(1, len(os.sched_getaffinity(0)) // jobs)  # the CPUs this process may use
@@ -122,7 +138,7 @@ def build(
 
         def sign_built(result: BuildResult) -> None:  # each job as it finishes
             if signer is not None and result.status in (Status.SUCCESS, Status.UP_TO_DATE):
-                signatures[result.job.id] = sign_job(signer, result.job_dir)
+                signatures[result.job.id] = sign_job(signer, result.job_dir, compress)
 
         with BuildProgress([j.id for j in chosen]) as progress:
             results = Scheduler(build_ctx, opts, progress.event, progress.task, after_job=sign_built).run(chosen)

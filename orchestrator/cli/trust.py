@@ -9,7 +9,7 @@ import typer
 
 from ..errors import VerificationError
 from ..output import print_json, print_line, print_table
-from .app import JsonOpt, app
+from .app import CompressOpt, JsonOpt, app
 
 if TYPE_CHECKING:
     from ..signing import SignedRelease
@@ -22,6 +22,7 @@ def sign(
         str | None,
         typer.Option("--key-id", metavar="ID", help="Secret key in your own keyring (fingerprint, id or e-mail)."),
     ] = None,
+    compress: CompressOpt = "none",
     as_json: JsonOpt = False,
 ) -> None:
     """Write manifest.json, SBOM, provenance and SHA256SUMS for each successful job in OUT, sign
@@ -32,11 +33,13 @@ def sign(
     passphrase, if any, comes from CIPBUILD_SIGNING_PASSPHRASE. Exit codes: 0 signed, 2 no key or
     an unusable one, 4 gpg missing.
     """
+    from ..compress import check_method
     from ..signing import KeySource, Signer, jobs_to_sign, sign_release
 
+    check_method(compress)
     jobs_to_sign(out)  # nothing to sign is said before the key is looked at
     with Signer(KeySource.from_env(key_id)) as signer:
-        print_signed(sign_release(signer, out), as_json)
+        print_signed(sign_release(signer, out, compress), as_json)
 
 
 def signed_json(release: SignedRelease | None) -> dict[str, Any] | None:
