@@ -388,6 +388,20 @@ def publish(
     store.check()
     tally.aborted_uploads = store.abort_incomplete(plan.ref)
     watcher.start(plan)
+    with token.on_cancel(store.cancel):  # a cancel aborts the uploads under way
+        return _send_all(store, plan, token, latest, watcher, workers, tally, started)
+
+
+def _send_all(
+    store: Store,
+    plan: Plan,
+    token: CancelToken,
+    latest: str | None,
+    watcher: Watcher,
+    workers: int,
+    tally: Tally,
+    started: float,
+) -> tuple[Published, Tally]:
     record = published_record(store, plan)
     record_item = _small_item(
         PUBLISHED, f"{plan.ref}/{PUBLISHED}", plan.release_dir, _record_bytes(record), "record", "published"
@@ -455,7 +469,6 @@ def send(store: Store, item: Item, token: CancelToken, tally: Tally, watcher: Wa
 
         def progress(count: int) -> None:
             nonlocal sent
-            token.check()  # a cancel stops a big upload between two parts (and aborts it)
             sent += count
             with tally.lock:
                 tally.sent_bytes += count

@@ -501,3 +501,23 @@ def test_build_skips_a_job_whose_inputs_are_already_published(
     )
     assert nothing_yet.returncode == 0, nothing_yet.stderr
     assert json.loads(nothing_yet.stdout)["results"][0]["status"] == "success"
+
+
+def test_ctrl_c_aborts_the_upload_under_way_and_commits_nothing(big_signed: Path, s3: S3Bucket) -> None:
+    process = run_publisher(big_signed, s3_args(s3))
+    assert wait_for(lambda: bool(s3.multipart_uploads()), process), "no multipart upload was seen"
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert b"Traceback" not in err
+    assert s3.multipart_uploads() == []
+    assert "cip-core/master/index.json" not in s3.keys("cip-core/")
+
+
+def test_no_credential_reaches_the_published_record_or_the_output(cli: Cli, signed: Path, s3: S3Bucket) -> None:
+    result = cli("publish", str(signed), *s3_args(s3), "--json", "--presign", "1h")
+    assert result.code == 0, result.err
+    stored = s3.get("cip-core/master/published.json").decode()
+    for text in (result.out, result.err, stored):
+        assert s3.admin.secret_key not in text
+    assert s3.admin.access_key not in stored  # presigned URLs (which name the key id) are never stored

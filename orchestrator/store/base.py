@@ -47,6 +47,9 @@ class Store(Protocol):
 
     def public_url(self, key: str) -> str: ...
 
+    def cancel(self) -> None:
+        """Stop the uploads under way (they fail and leave nothing); safe from a signal handler."""
+
     def abort_incomplete(self, prefix: str) -> int:
         """Remove what killed writers left under ``prefix`` (multipart uploads, partial files); how many."""
 

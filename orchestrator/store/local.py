@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
-from ..errors import InfrastructureError, UserError
+from ..errors import InfrastructureError, InterruptError, UserError
 from .base import HashingReader, ObjectInfo, Progress, check_key
 
 XATTR = "user.cipbuild.sha256"
@@ -29,9 +29,13 @@ class LocalStore:
     def __init__(self, root: Path):
         self.root = root.absolute()
         self.url = self.root.as_uri()
+        self.cancelled = False
 
     def close(self) -> None:
         pass
+
+    def cancel(self) -> None:
+        self.cancelled = True
 
     def check(self) -> None:
         try:
@@ -65,7 +69,7 @@ class LocalStore:
         target = self.path(key)
         with open(path, "rb") as source:
             reader = HashingReader(source, size, sha256, path)
-            self._write(target, sha256, lambda out: _copy(reader, out, progress))
+            self._write(target, sha256, lambda out: self._copy(reader, out, progress))
             reader.finish()
 
     def put_bytes(self, key: str, data: bytes, *, content_type: str) -> None:
@@ -91,6 +95,13 @@ class LocalStore:
                 os.close(dir_fd)
         except OSError as exc:
             raise InfrastructureError(f"cannot write {target}: {exc.strerror or exc}") from None
+
+    def _copy(self, reader: HashingReader, out: BinaryIO, progress: Progress) -> None:
+        while data := reader.read(CHUNK):
+            if self.cancelled:
+                raise InterruptError("interrupted")
+            out.write(data)
+            progress(len(data))
 
     def open(self, key: str) -> BinaryIO:
         try:
@@ -131,12 +142,6 @@ class LocalStore:
                     Path(folder, name).unlink(missing_ok=True)
                     count += 1
         return count
-
-
-def _copy(reader: HashingReader, out: BinaryIO, progress: Progress) -> None:
-    while data := reader.read(CHUNK):
-        out.write(data)
-        progress(len(data))
 
 
 def _stamp(info: os.stat_result) -> str:

@@ -53,6 +53,7 @@ class S3Store:
         self.url = f"s3://{bucket}/{self.prefix}".rstrip("/")
         self._client: Any = None
         self._manager: Any = None
+        self._uploads: set[Any] = set()  # s3transfer futures under way
 
     # --- plumbing ---------------------------------------------------------------------------
 
@@ -90,6 +91,10 @@ class S3Store:
             )
             self._manager = TransferManager(self.client, config)
         return self._manager
+
+    def cancel(self) -> None:
+        for future in list(self._uploads):
+            future.cancel()  # does not wait: the upload fails, s3transfer aborts it
 
     def close(self) -> None:
         if self._manager is not None:
@@ -151,7 +156,11 @@ class S3Store:
                 future = self.manager.upload(
                     reader, self.bucket, self.key(key), self.extra_args(sha256, content_type), [Sent()]
                 )
-                future.result()
+                self._uploads.add(future)
+                try:
+                    future.result()
+                finally:
+                    self._uploads.discard(future)
             except Exception as exc:
                 raise self.error(exc, f"uploading {key}") from None
             reader.finish()
