@@ -130,27 +130,49 @@ def test_a_changed_object_in_the_folder_store_is_sent_again_and_verify_catches_t
     assert cli("verify", f"file://{store}/v1.0", "--keyring", str(keys.good.public)).code == 0
 
 
+HTTPS_SERVER = """
+import http.server, ssl, sys, functools
+handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=sys.argv[1])
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(sys.argv[2], sys.argv[3])
+server.socket = context.wrap_socket(server.socket, server_side=True)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"""
+
+
 def test_verify_over_https_reads_the_published_layout(
     cli: Cli,
     signed: Path,
     tmp_path: Path,
     keys: Keys,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     store = tmp_path / "store"
     publish_json(cli, signed, "--to", str(store), "--ref", "master")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        capture_output=True,
+        check=True,
+    )  # fmt: skip
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # trust this server, as a lab trusts its own CA
     server = subprocess.Popen(
-        [sys.executable, "-m", "http.server", "0", "--bind", "127.0.0.1", "--directory", str(store)],
+        [sys.executable, "-c", HTTPS_SERVER, str(store), str(cert), str(key)],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
     )
     try:
         assert server.stdout is not None
-        port = server.stdout.readline().split("port ")[1].split()[0]
-        result = cli("verify", f"http://127.0.0.1:{port}/master/", "--keyring", str(keys.good.public))
+        base = f"https://127.0.0.1:{server.stdout.readline().strip()}/master/"
+        result = cli("verify", base, "--keyring", str(keys.good.public))
         assert result.code == 0, result.err
+        assert f"verified {base}" in result.out
         (store / "master" / "qemu-amd64" / "vmlinuz").unlink()
-        result = cli("verify", f"http://127.0.0.1:{port}/master/", "--keyring", str(keys.good.public))
+        result = cli("verify", base, "--keyring", str(keys.good.public))
         assert result.code == 5
         assert "isar-bookworm-qemu-amd64/artifacts/vmlinuz" in result.err
     finally:
