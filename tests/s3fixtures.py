@@ -15,7 +15,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from types import TracebackType
@@ -67,6 +67,17 @@ def _port_free(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def _unlink_if_stale(path: Path) -> None:
+    """Remove a Unix socket nobody listens on (another weed may own one of the same name)."""
+    with socket.socket(socket.AF_UNIX) as probe:
+        try:
+            probe.connect(str(path))
+        except ConnectionRefusedError:
+            path.unlink(missing_ok=True)
+        except OSError:
+            pass
 
 
 def _pick_ports(count: int) -> list[int]:
@@ -132,13 +143,16 @@ class S3Server:
             log.write(f"\n$ {' '.join(command)}\n".encode())
             log.flush()
             self._process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-        probe = self.client(config=Config(retries={"total_max_attempts": 1}, connect_timeout=1, read_timeout=5))
+        probe = self.client(config=Config(retries={"total_max_attempts": 1}, connect_timeout=1, read_timeout=10))
         deadline, last = time.monotonic() + timeout, "no answer yet"
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 raise RuntimeError(f"weed exited with {self._process.returncode}\n{self.log_tail()}")
             try:
                 probe.create_bucket(Bucket="cipbuild-ready-probe")
+                # S3 answers before the volume server has joined the master (then a first write stalls for up
+                # to 5 s); a non-empty object needs a volume. Empty ones live in the filer alone.
+                probe.put_object(Bucket="cipbuild-ready-probe", Key="probe", Body=b"ready")
                 probe.delete_bucket(Bucket="cipbuild-ready-probe")
                 return
             except (BotoCoreError, ClientError) as e:
@@ -153,8 +167,8 @@ class S3Server:
             return "(no weed log)"
         return "--- weed log tail ---\n" + "\n".join(text.splitlines()[-lines:])
 
-    def stop(self, grace: float = 5.0) -> None:
-        """SIGTERM, then SIGKILL after ``grace`` seconds: weed sometimes ignores SIGTERM for longer."""
+    def stop(self, grace: float = 1.0) -> None:
+        """SIGTERM, then SIGKILL after ``grace`` seconds (weed 4.48 takes 15-25 s to drain; its data is scratch)."""
         process, self._process = self._process, None
         if process is None:
             return
@@ -168,7 +182,7 @@ class S3Server:
         for port in self._ports:  # weed leaves its local sockets behind when killed
             for pattern in (f"seaweedfs-*-{port}.sock", f"seaweedfs-*-{port + 10000}.sock"):
                 for leftover in Path("/tmp").glob(pattern):
-                    leftover.unlink(missing_ok=True)
+                    _unlink_if_stale(leftover)
 
     def __enter__(self) -> S3Server:
         self.start()
@@ -201,7 +215,6 @@ class S3Bucket:
     bucket: str
     admin: Credentials = ADMIN
     reader: Credentials = READER
-    _clients: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def url(self) -> str:

@@ -216,6 +216,18 @@ def test_presigned_urls_fetch_each_object_from_a_private_bucket(cli: Cli, signed
     assert "X-Amz-Expires=7200" in data["index"]["url"]
 
 
+def test_a_lab_fetches_the_published_urls_anonymously_from_a_public_bucket(
+    cli: Cli, signed: Path, s3: S3Bucket
+) -> None:
+    # SeaweedFS ignores per-object ACLs (--acl public-read is sent, and AWS honours it), but
+    # honours a public-read bucket: the URLs publish prints are what an anonymous lab fetches.
+    s3.client().put_bucket_acl(Bucket=s3.bucket, ACL="public-read")
+    data = publish_json(cli, signed, *s3_args(s3), "--acl", "public-read")
+    for obj in all_objects(data):
+        with urllib.request.urlopen(obj["url"], timeout=10) as response:  # no credentials at all
+            assert hashlib.sha256(response.read()).hexdigest() == obj["sha256"]
+
+
 def test_a_big_image_goes_up_in_parts_and_is_checked_against_what_was_signed(
     cli: Cli,
     big_signed: Path,

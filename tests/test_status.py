@@ -21,6 +21,7 @@ def test_each_final_status_implies_the_documented_exit_code() -> None:
     assert codes == {
         Status.SUCCESS: 0,
         Status.UP_TO_DATE: 0,
+        Status.PUBLISHED: 0,
         Status.FAILED: 3,
         Status.SKIPPED: 3,
         Status.INFRA_ERROR: 4,
