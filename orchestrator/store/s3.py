@@ -25,12 +25,14 @@ META = "sha256"  # x-amz-meta-sha256
 
 @dataclass(frozen=True)
 class Transfer:
-    """The s3transfer knobs (bench/publish.py measured them: see bench/RESULTS.md)."""
+    """The s3transfer knobs, chosen by bench/publish.py (bench/RESULTS.md): memory is about 80 MB
+    plus (in_memory_chunks + 1) x chunk, since s3transfer reads a stream's next part before it
+    waits; more requests than parts in memory buy nothing."""
 
-    chunk: int = 32 << 20
-    concurrency: int = 8
-    in_memory_chunks: int = 6  # bounds memory: chunk x in_memory_chunks per store
-    threshold: int = 64 << 20  # smaller files are read whole and sent in one request
+    chunk: int = 16 << 20
+    concurrency: int = 4
+    in_memory_chunks: int = 4
+    threshold: int = 16 << 20  # smaller files are read whole (at most one per publish worker) and put at once
 
 
 class S3Store:
