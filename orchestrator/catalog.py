@@ -30,6 +30,7 @@ from .models import (
     OptionFile,
     RecipeFile,
     ReposFile,
+    TestPlanFile,
     is_name,
 )
 
@@ -158,6 +159,7 @@ class Catalog:
     recipe_files: dict[str, Path]
     docs: dict[Path, YamlDoc] = field(default_factory=dict, repr=False)
     files: dict[tuple[str, str], Path] = field(default_factory=dict, repr=False)  # (folder, name) -> file
+    testplans: dict[str, TestPlanFile] = field(default_factory=dict)
     _recipes: dict[str, RecipeFile] = field(default_factory=dict, repr=False)
 
     @property
@@ -199,7 +201,7 @@ class Catalog:
             return str(path)
 
 
-CATALOG_PARTS = ("boards", "options", "distros", "recipes", "kas")
+CATALOG_PARTS = ("boards", "options", "distros", "recipes", "kas", "testplans")
 
 
 def load_catalog(root: Path, *, cache: bool = True) -> Catalog:
@@ -341,6 +343,7 @@ def _load_catalog(root: Path) -> Catalog:
     repos = validate(repos_doc, ReposFile)
     recipe_files = catalogue_files(root, "recipes", shown)
     catalog = Catalog(root, boards, options, distros, repos, recipe_files, docs, files)
+    catalog.testplans = load_kind("testplans", TestPlanFile)
     check_catalog(catalog)
     return catalog
 
@@ -396,6 +399,20 @@ def check_catalog(catalog: Catalog) -> None:
             raise _doc(catalog, "options", name).error(
                 (), f"'{name}' cannot name an option: it is a keyword of a distro's order", "choose another name"
             )
+
+    for name, board in catalog.boards.items():
+        for number, plan in enumerate(board.test.plans):
+            if plan not in catalog.testplans:
+                raise _doc(catalog, "boards", name).error(
+                    ("test", "plans", number), f"unknown test plan '{plan}'", suggest(plan, catalog.testplans)
+                )
+    for name, testplan in catalog.testplans.items():
+        for key in ("when", "unless"):
+            for number, option in enumerate(getattr(testplan, key)):
+                if option not in catalog.options:
+                    raise _doc(catalog, "testplans", name).error(
+                        (key, number), f"unknown option '{option}'", suggest(option, catalog.options)
+                    )
 
     for name, distro in catalog.distros.items():
         doc = _doc(catalog, "distros", name)

@@ -141,6 +141,45 @@ class TestFacts(Model):
     device_type: str | None = Field(default=None, description="LAVA device type; null: not tested in LAVA")
     boot_method: Literal["qemu", "u-boot", "grub", "minimal", "none"] = "none"
     qemu: dict[str, str] = Field(default_factory=dict, description="qemu facts: arch, machine, cpu, firmware")
+    plans: list[Name] = Field(default_factory=list, description="test plans (testplans/<name>.yml) that apply")
+    tags: list[str] = Field(default_factory=list, description="LAVA device tags a job needs (e.g. swtpm-jobs)")
+
+
+class Login(Model):
+    """How a test logs into the image on its console."""
+
+    login_prompt: str = "login:"
+    username: str = "root"
+    password_prompt: str = "Password:"
+    password: str = "root"
+    prompt: str = Field(default="root@", description="what the shell prompt starts with once logged in")
+
+
+class TestDefinition(Model):
+    """A LAVA test definition: from a git repository at a fixed revision, or inline steps."""
+
+    name: Name
+    repository: str | None = Field(default=None, description="git URL; with revision and path")
+    revision: str | None = Field(default=None, pattern=r"^[0-9a-f]{7,40}$|^[A-Za-z0-9._/-]+$")
+    path: str | None = None
+    steps: list[str] = Field(default_factory=list, description="inline steps (lava-test-case ... --shell ...)")
+    parameters: dict[str, str] = Field(default_factory=dict)
+
+
+class TestPlanFile(Model):
+    """testplans/<name>.yml: what one test plan boots and runs, on which jobs."""
+
+    summary: str
+    when: list[Name] = Field(default_factory=list, description="only jobs with all these options")
+    unless: list[Name] = Field(default_factory=list, description="not jobs with any of these options")
+    needs: list[ArtifactType] = Field(
+        default=["kernel"], description="artifact types the plan deploys; a job lacking one is refused"
+    )
+    login: Login = Field(default_factory=Login)
+    timeouts: dict[Literal["job", "deploy", "boot", "test"], int] = Field(
+        default={"job": 30, "deploy": 10, "boot": 10, "test": 15}, description="minutes"
+    )
+    definitions: list[TestDefinition] = Field(default_factory=list)
 
 
 class BoardFile(Model):
@@ -362,6 +401,7 @@ FILE_KINDS: dict[str, type[Model]] = {
     "distro": DistroFile,
     "recipe": RecipeFile,
     "repos": ReposFile,
+    "testplan": TestPlanFile,
 }
 
 

@@ -69,6 +69,9 @@ class PublishedJob(_Record):
     board: str
     distro: str
     release: str
+    options: list[str] = Field(default_factory=list)
+    image: str = ""
+    inputs_digest: str = ""
     manifest: str = Field(description="URL of the job's manifest.json")
     objects: list[PublishedObject]
 
@@ -108,6 +111,9 @@ class JobFacts:
     board: str
     distro: str
     release: str
+    options: tuple[str, ...] = ()
+    image: str = ""
+    inputs_digest: str = ""
 
 
 @dataclass
@@ -276,7 +282,16 @@ class _ReleaseReader:
             )
         manifest = json.loads(manifest_data)
         job = manifest.get("job", {})
-        facts = JobFacts(job_id, str(job.get("board")), str(job.get("distro")), str(job.get("release")))
+        options = job.get("options") if isinstance(job.get("options"), list) else []
+        facts = JobFacts(
+            job_id,
+            str(job.get("board")),
+            str(job.get("distro")),
+            str(job.get("release")),
+            tuple(str(o) for o in options),
+            str(job.get("image") or ""),
+            str(manifest.get("inputs_digest") or ""),
+        )
         sums = self.checksums(job_id)
         types = {a["path"]: a["type"] for a in manifest.get("artifacts", [])}
         fields = {"board": facts.board, "job": job_id, "distro": facts.distro, "release": facts.release}
@@ -532,6 +547,9 @@ def published_record(store: Store, plan: Plan) -> Published:
                 "board": facts.board,
                 "distro": facts.distro,
                 "release": facts.release,
+                "options": list(facts.options),
+                "image": facts.image,
+                "inputs_digest": facts.inputs_digest,
                 "manifest": next(o["url"] for o in objects if o["name"] == f"{facts.id}/{MANIFEST}"),
                 "objects": objects,
             }

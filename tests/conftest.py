@@ -18,7 +18,7 @@ from kasfixture import Upstreams, make_test_catalog, make_upstreams
 
 pytest_plugins = ["s3fixtures", "lavafixtures"]  # the real S3 server and the fault proxy; the real LAVA
 
-CATALOG_PARTS = ("boards", "options", "distros", "recipes", "kas", "schemas")
+CATALOG_PARTS = ("boards", "options", "distros", "recipes", "kas", "schemas", "testplans")
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,1 @@
+"""The test stage: LAVA jobs rendered from what was published, submitted, awaited, judged; local boot."""

@@ -1,0 +1,232 @@
+"""LAVA job definitions from a published release: one per (job, plan), with the URLs and sha256
+of the objects publish wrote (published.json is the only source of URLs), the board's device
+type and boot method, the plan's login, timeouts and test definitions, and metadata that traces
+each result back to the job, its input digest and its manifest."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..catalog import Catalog, suggest
+from ..errors import InfrastructureError, UserError
+from ..publish import PUBLISHED, Published, PublishedJob, PublishedObject
+
+COMPRESSION = {".zst": "zstd", ".xz": "xz", ".gz": "gz", ".bz2": "bz2"}
+# per Debian arch: LAVA's qemu context arch, the disk device and kernel arguments start-qemu.sh uses
+QEMU = {
+    "amd64": ("amd64", "-device ide-hd,drive=disk", "console=ttyS0,115200", "root=/dev/sda rw"),
+    "arm64": ("arm64", "-device virtio-blk-device,drive=disk", "console=ttyAMA0", "root=/dev/vda rw"),
+    "armhf": ("arm", "-device virtio-blk-device,drive=disk", "console=ttyAMA0", "root=/dev/vda rw"),
+    "riscv64": ("riscv64", "-device virtio-blk-device,drive=disk", "console=ttyS0", "root=/dev/vda rw"),
+}
+UBOOT_KERNEL = {"armhf": "zimage", "arm64": "image"}
+ROOTFS_TYPES = ("ext4",)
+DISK_TYPES = ("wic",)
+NFS_TYPES = ("tar.gz", "tar.bz2")
+
+
+@dataclass(frozen=True)
+class Artifact:
+    type: str
+    url: str
+    sha256: str
+    name: str
+    compression: str | None
+
+
+@dataclass
+class RenderedJob:
+    job: PublishedJob
+    plan: str
+    text: str
+    definition: dict[str, Any]
+    urls: list[str] = field(default_factory=list)  # every artifact the job makes LAVA download
+
+    @property
+    def file_name(self) -> str:
+        return f"{self.job.id}.{self.plan}.yaml"
+
+
+def read_published(location: str) -> Published:
+    """The published record at ``location``: a JSON file (`publish --json` or published.json),
+    or a published release (a folder, file://, s3://bucket/prefix/REF, https://.../REF)."""
+    path = Path(location)
+    if path.is_file():
+        data = _bytes_of_file(path)
+    elif urlsplit(location).scheme in ("http", "https"):
+        data = _bytes_of_url(location.rstrip("/") + "/" + PUBLISHED)
+    elif urlsplit(location).scheme in ("s3", "file"):
+        from ..store import open_store
+
+        store = open_store(location)
+        try:
+            with store.open(PUBLISHED) as handle:
+                data = handle.read(64 << 20)
+        except KeyError:
+            raise UserError(f"holds no {PUBLISHED}: publish the release first", where=location) from None
+        finally:
+            store.close()
+    elif path.is_dir():
+        if not (path / PUBLISHED).is_file():
+            raise UserError(f"holds no {PUBLISHED}: publish the release first", where=location)
+        data = _bytes_of_file(path / PUBLISHED)
+    else:
+        raise UserError("is neither a published.json file nor a published release", where=location)
+    try:
+        raw = json.loads(data)
+        if isinstance(raw, dict):
+            raw.pop("summary", None)  # `publish --json` adds what was sent
+            raw.pop("urls_expire", None)
+        return Published.model_validate(raw)
+    except ValueError as exc:
+        first = str(exc).splitlines()[0]
+        raise UserError(f"is not a cipbuild published record ({first})", where=location) from None
+
+
+def _bytes_of_file(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read it: {exc.strerror or exc}", where=str(path)) from None
+
+
+def _bytes_of_url(url: str) -> bytes:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            data: bytes = response.read(64 << 20)
+            return data
+    except urllib.error.HTTPError as exc:
+        raise UserError(f"HTTP {exc.code}", where=url) from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise InfrastructureError(f"{url}: {getattr(exc, 'reason', exc)}") from None
+
+
+def plans_for(catalog: Catalog, job: PublishedJob) -> list[str]:
+    """The board's plans whose option conditions the job meets, in the board's order."""
+    board = catalog.boards.get(job.board)
+    if board is None:
+        return []
+    options = set(job.options)
+    chosen = []
+    for name in board.test.plans:
+        plan = catalog.testplans[name]
+        if set(plan.when) <= options and not set(plan.unless) & options:
+            chosen.append(name)
+    return chosen
+
+
+def artifacts_of(job: PublishedJob) -> dict[str, Artifact]:
+    """The job's published artifacts by type (the first of each type)."""
+    found: dict[str, Artifact] = {}
+    for obj in job.objects:
+        if not obj.name.startswith(f"{job.id}/artifacts/"):
+            continue
+        found.setdefault(obj.type, _artifact(obj))
+    return found
+
+
+def _artifact(obj: PublishedObject) -> Artifact:
+    suffix = PurePosixPath(obj.path).suffix
+    return Artifact(obj.type, obj.url, obj.sha256, obj.name, COMPRESSION.get(suffix))
+
+
+def render(catalog: Catalog, record: Published, job: PublishedJob, plan_name: str) -> RenderedJob:
+    """The LAVA job definition that runs ``plan_name`` on ``job``; UserError when the board is
+    not tested in LAVA, the plan does not apply, or the job lacks an artifact the plan needs."""
+    import yaml
+
+    board = catalog.boards.get(job.board)
+    if board is None:
+        hint = suggest(job.board, catalog.boards)
+        raise UserError(f"job {job.id}: board {job.board} is not in the catalogue", hint=hint)
+    if board.test.device_type is None or board.test.boot_method == "none":
+        raise UserError(f"job {job.id}: board {job.board} is not tested in LAVA (no test.device_type)")
+    if plan_name not in catalog.testplans:
+        raise UserError(f"unknown test plan '{plan_name}'", where="--plan", hint=suggest(plan_name, catalog.testplans))
+    if plan_name not in plans_for(catalog, job):
+        raise UserError(
+            f"job {job.id}: plan {plan_name} does not apply (board {job.board} runs "
+            f"{', '.join(plans_for(catalog, job)) or 'none'} on it)",
+            where="--plan",
+        )
+    plan = catalog.testplans[plan_name]
+    found = artifacts_of(job)
+    missing = [t for t in plan.needs if t not in found]
+    if missing:
+        raise UserError(
+            f"job {job.id}: plan {plan_name} needs a {missing[0]} artifact, and the release has none",
+            hint="build the job with the options that deploy it",
+        )
+    arch = catalog.boards[job.board].arch
+    lava_arch, disk_device, console, root = QEMU.get(arch, QEMU["amd64"])
+    rootfs = next((found[t] for t in ROOTFS_TYPES if t in found), None)
+    disk = next((found[t] for t in DISK_TYPES if t in found), None)
+    boot_from_disk = board.test.boot_method == "qemu" and rootfs is None and disk is not None
+    context: dict[str, Any] = {
+        "job": job,
+        "plan": {
+            "name": plan_name,
+            "summary": plan.summary,
+            "login": plan.login,
+            "timeouts": {"job": 30, "deploy": 10, "boot": 10, "test": 15, **plan.timeouts},
+            "definitions": plan.definitions,
+        },
+        "board": board.test,
+        "release_url": record.url,
+        "lava_arch": lava_arch,
+        "kernel": found.get("kernel"),
+        "initrd": found.get("initrd"),
+        "rootfs": rootfs,
+        "disk": disk if boot_from_disk or board.test.boot_method == "minimal" else None,
+        "firmware": found.get("firmware") if boot_from_disk and arch != "amd64" else None,
+        "dtb": found.get("dtb"),
+        "nfsrootfs": next((found[t] for t in NFS_TYPES if t in found), None),
+        "uboot": {"kernel_type": UBOOT_KERNEL.get(arch, "zimage")},
+        "qemu": {
+            "disk_device": disk_device + (" -bios /usr/share/ovmf/OVMF.fd" if _ovmf(board.test.qemu, arch) else ""),
+            "append": f"{console} {root}" if rootfs else console,
+        },
+    }
+    if board.test.boot_method in ("qemu", "u-boot") and context["kernel"] is None and not boot_from_disk:
+        raise UserError(f"job {job.id}: plan {plan_name} needs a kernel artifact, and the release has none")
+    if board.test.boot_method == "minimal" and disk is None:
+        raise UserError(f"job {job.id}: board {job.board} boots a wic image, and the release has none")
+    text = _template().render(**context)
+    definition = yaml.safe_load(text)
+    urls = [a.url for a in _downloads(context)]
+    return RenderedJob(job, plan_name, text, definition, urls)
+
+
+def _ovmf(qemu: dict[str, str], arch: str) -> bool:
+    """x86 UEFI disk images boot with the worker's OVMF (the firmware upstream's jobs use)."""
+    return arch == "amd64" and qemu.get("firmware") == "OVMF"
+
+
+def _downloads(context: dict[str, Any]) -> list[Artifact]:
+    keys = ("kernel", "initrd", "rootfs", "disk", "firmware", "dtb", "nfsrootfs")
+    method = context["board"].boot_method
+    used = {
+        "qemu": ("disk", "firmware") if context["disk"] else ("kernel", "initrd", "rootfs"),
+        "u-boot": ("kernel", "dtb", "nfsrootfs"),
+        "minimal": ("disk",),
+    }.get(method, keys)
+    return [context[k] for k in used if context.get(k) is not None]
+
+
+def _template() -> Any:
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+    env = Environment(
+        loader=FileSystemLoader(Path(__file__).parent / "templates"),
+        undefined=StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+    )
+    env.filters["q"] = lambda value: json.dumps(value, ensure_ascii=False)
+    return env.get_template("job.yaml.j2")
