@@ -216,11 +216,13 @@ def test_an_unsigned_folder(cli: Cli, tmp_path: Path, keyring: Path) -> None:
 def test_bad_arguments_are_user_errors(cli: Cli, signed: Path, keyring: Path, tmp_path: Path) -> None:
     for args, message in (
         ([str(tmp_path / "nowhere")], "is not a folder"),
-        (["https://cip.example/release"], "https:// sources are not supported yet"),
         ([str(tmp_path)], "holds neither index.json nor manifest.json"),
     ):
         result = cli("verify", *args, "--keyring", str(keyring))
         assert result.code == 2 and message in result.err, result.err
+    unreachable = cli("verify", "https://127.0.0.1:9/release", "--keyring", str(keyring))
+    assert unreachable.code == 4, unreachable.err
+    assert unreachable.err.count("\n") == 1 and "cannot be fetched" in unreachable.err
     junk = tmp_path / "junk.asc"
     junk.write_text("nothing\n")
     result = cli("verify", str(signed), "--keyring", str(junk))

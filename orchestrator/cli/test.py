@@ -1,15 +1,21 @@
-"""Verbs of the test stage: test render (LAVA job definitions from a published release)."""
+"""Verbs of the test stage: test render (LAVA job definitions from a published release), test run."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ..errors import UserError, VerificationError
 from ..output import print_json, print_line, print_table
 from .app import JsonOpt, app, context
+
+if TYPE_CHECKING:
+    from ..catalog import Catalog
+    from ..publish import Published
+    from ..teststage.render import RenderedJob
 
 test_app = typer.Typer(help="The test stage: LAVA jobs from a published release.", no_args_is_help=True)
 app.add_typer(test_app, name="test")
@@ -22,6 +28,29 @@ ReleaseArg = Annotated[
         show_default=False,
     ),
 ]
+
+
+def _render_all(
+    cat: Catalog, record: Published, release: str, job_ids: list[str] | None, plan: list[str] | None
+) -> list[RenderedJob]:
+    """Every (job, plan) of the release the arguments select, rendered."""
+    from ..catalog import suggest
+    from ..teststage.render import plans_for, render
+
+    jobs = {job.id: job for job in record.jobs}
+    for job_id in job_ids or []:
+        if job_id not in jobs:
+            raise UserError(f"job {job_id} is not in the release", where=release, hint=suggest(job_id, jobs))
+    for name in plan or []:
+        if name not in cat.testplans:
+            raise UserError(f"unknown test plan '{name}'", where="--plan", hint=suggest(name, cat.testplans))
+    chosen = [jobs[j] for j in job_ids] if job_ids else list(jobs.values())
+    rendered = [
+        render(cat, record, job, name) for job in chosen for name in plans_for(cat, job) if not plan or name in plan
+    ]
+    if not rendered:
+        raise UserError("no test plan applies to the chosen jobs", where=release, hint="`cipbuild boards` shows plans")
+    return rendered
 
 
 @test_app.command("render")
@@ -48,29 +77,11 @@ def test_render(
     one invalid.
     """
     from ..teststage.lava import Lava
-    from ..teststage.render import plans_for, read_published, render
+    from ..teststage.render import read_published
 
     cat = context(ctx).catalog()
     record = read_published(release)
-    jobs = {job.id: job for job in record.jobs}
-    for job_id in job_ids or []:
-        if job_id not in jobs:
-            from ..catalog import suggest
-
-            raise UserError(f"job {job_id} is not in the release", where=release, hint=suggest(job_id, jobs))
-    chosen = [jobs[j] for j in job_ids] if job_ids else list(jobs.values())
-    for name in plan or []:
-        if name not in cat.testplans:
-            from ..catalog import suggest
-
-            raise UserError(f"unknown test plan '{name}'", where="--plan", hint=suggest(name, cat.testplans))
-    rendered = []
-    for job in chosen:
-        for name in plans_for(cat, job):
-            if not plan or name in plan:
-                rendered.append(render(cat, record, job, name))
-    if not rendered:
-        raise UserError("no test plan applies to the chosen jobs", where=release, hint="`cipbuild boards` shows plans")
+    rendered = _render_all(cat, record, release, job_ids, plan)
     lava = Lava.from_env(validate) if validate else None
     invalid = []
     out.mkdir(parents=True, exist_ok=True)
@@ -93,3 +104,77 @@ def test_render(
         print_line(f"wrote {len(rendered)} LAVA job(s) to {out}" + (f", validated by {validate}" if validate else ""))
     if invalid:
         raise VerificationError(f"{invalid[0][0]}: LAVA says {invalid[0][1]}")
+
+
+@test_app.command("run")
+def test_run(
+    ctx: typer.Context,
+    release: ReleaseArg,
+    job_ids: Annotated[list[str] | None, typer.Argument(help="Jobs of the release (default: all).")] = None,
+    lava_url: Annotated[
+        str,
+        typer.Option(
+            "--lava",
+            envvar="CIPBUILD_LAVA_URL",
+            metavar="URL",
+            help="The LAVA server (its token: CIPBUILD_LAVA_TOKEN) [env var: CIPBUILD_LAVA_URL].",
+        ),
+    ] = "",
+    plan: Annotated[
+        list[str] | None, typer.Option("--plan", "-p", help="Only these plans (default: every plan that applies).")
+    ] = None,
+    results: Annotated[
+        Path, typer.Option("--results", metavar="DIR", help="Where JUnit files and handoff.json go.")
+    ] = Path("results"),
+    retries: Annotated[
+        int, typer.Option("--retries", min=0, help="Resubmissions of a job the lab's infrastructure broke.")
+    ] = 2,
+    timeout: Annotated[
+        str, typer.Option("--timeout", metavar="DURATION", help="Longest wait for one LAVA job (e.g. 90m).")
+    ] = "60m",
+    as_json: JsonOpt = False,
+) -> None:
+    """Render the LAVA jobs of a published release, check that LAVA can fetch every artifact
+    (a 403 or 404 stops that job before anything is submitted), submit them, wait on their
+    state and health, resubmit what the lab's infrastructure broke (never a failing test), and
+    write results/<job>/<plan>.xml and results/handoff.json.
+
+    Exit codes: 0 every test passed, 2 bad input, 3 a test failed, 4 infrastructure (an
+    artifact LAVA cannot fetch, a refused token, the lab gone), 130 interrupted.
+    """
+    from ..cancel import CancelToken, signals_cancel
+    from ..progress import BuildProgress
+    from ..publish import parse_duration
+    from ..status import raise_for
+    from ..teststage.lava import Lava
+    from ..teststage.render import read_published
+    from ..teststage.run import HANDOFF, Options, TestRun, handoff, preflight, run_all
+
+    if not lava_url:
+        raise UserError("say which LAVA server", where="--lava", hint="--lava https://lava.example.org/")
+    lava = Lava.from_env(lava_url)
+    opts = Options(retries=retries, timeout=float(parse_duration(timeout, "--timeout")))
+    cat = context(ctx).catalog()
+    record = read_published(release)
+    rendered = _render_all(cat, record, release, job_ids, plan)
+    runs = [TestRun(item) for item in rendered]
+    token = CancelToken()
+    results.mkdir(parents=True, exist_ok=True)
+    with BuildProgress([r.key for r in runs], labels={}) as progress:
+        preflight(runs, progress.event)
+        try:
+            with signals_cancel(token):
+                run_all(lava, runs, results, token, progress.event, opts)
+        finally:
+            data = handoff(lava, record.url, runs).model_dump(mode="json", by_alias=True)
+            (results / HANDOFF).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    if as_json:
+        print_json(data)
+    else:
+        rows = [
+            [r.rendered.job.id, r.rendered.plan, str(r.status), ",".join(map(str, r.lava_ids)), r.error or r.health]
+            for r in runs
+        ]
+        print_table(None, ["job", "plan", "status", "LAVA jobs", "detail"], rows)
+        print_line(f"results in {results}, handoff in {results / HANDOFF}")
+    raise_for([(f"{r.key} ({r.error})" if r.error else r.key, r.status) for r in runs], "test run")

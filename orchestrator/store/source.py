@@ -10,7 +10,7 @@ import urllib.request
 from typing import Any, BinaryIO
 from urllib.parse import quote
 
-from ..errors import UserError
+from ..errors import InfrastructureError, UserError
 from ..verify import SMALL_LIMIT, Entry, Source, SourceError
 from .local import LocalStore
 from .s3 import S3Store
@@ -64,7 +64,8 @@ class HttpSource:
                     raise SourceError(f"cannot be fetched (HTTP {exc.code})") from None
             except (urllib.error.URLError, OSError) as exc:
                 if attempt == HTTP_ATTEMPTS:
-                    raise SourceError(f"cannot be fetched: {getattr(exc, 'reason', exc)}") from None
+                    why = getattr(exc, "reason", exc)
+                    raise InfrastructureError(f"{self.base}{name} cannot be fetched: {why}") from None
             time.sleep(0.5 * attempt)
         raise AssertionError("unreachable")
 

@@ -1,0 +1,190 @@
+"""`cipbuild test run` against a real LAVA: a kernel and a busybox initramfs stand in for an
+image, are signed, published to the real SeaweedFS store and downloaded by LAVA over HTTP."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from bootpayload import PROMPT, kernel_path, make_initramfs
+from lavafixtures import LavaInstance
+from s3fixtures import S3Bucket
+from test_signing import (
+    Keys,
+    keys,  # noqa: F401  (the session fixture)
+    make_job,
+)
+
+from orchestrator.signing import KEY_ENV
+from orchestrator.teststage.lava import TOKEN_ENV
+
+pytestmark = pytest.mark.integration
+
+Cli = Callable[..., Any]
+JOB = "isar-bookworm-qemu-amd64"
+ROOT = Path(__file__).resolve().parent.parent
+
+PLANS = {
+    "payload-pass": ["lava-test-case kernel --shell uname -a", "lava-test-case marker --shell test -d /proc/1"],
+    "payload-fail": ["lava-test-case kernel --shell uname -a", "lava-test-case always-fails --shell false"],
+}
+
+
+@pytest.fixture
+def lab_catalog(catalog_copy: Path) -> Path:
+    """The shipped catalogue, with qemu-amd64 running two plans made for the busybox payload:
+    no login (its init keeps a root shell on the console)."""
+    for name, steps in PLANS.items():
+        plan = {
+            "summary": f"the test payload, {name}",
+            "needs": ["kernel", "initrd"],
+            "login": {"login_prompt": "", "prompt": PROMPT},
+            "timeouts": {"job": 10, "deploy": 3, "boot": 3, "test": 3},
+            "definitions": [{"name": name, "steps": steps}],
+        }
+        (catalog_copy / "testplans" / f"{name}.yml").write_text(json.dumps(plan))
+    board = catalog_copy / "boards" / "qemu-amd64.yml"
+    text = board.read_text()
+    board.write_text(
+        text.replace("plans: [boot, ltp, security, swupdate, secure-boot]", "plans: [payload-pass, payload-fail]")
+    )
+    return catalog_copy
+
+
+@pytest.fixture
+def published(
+    cli: Cli,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    keys: Keys,  # noqa: F811
+    s3: S3Bucket,
+) -> Path:
+    """The payload as a signed job, published to a public-read bucket (a lab fetches anonymously);
+    the `publish --json` output's path."""
+    out = tmp_path / "out"
+    initrd = make_initramfs(tmp_path / "initramfs.cpio.gz")
+    job_dir = make_job(out, JOB, {"vmlinuz": kernel_path().read_bytes(), "initramfs.cpio.gz": initrd.read_bytes()})
+    meta = json.loads((job_dir / "metadata.json").read_text())
+    for art in meta["artifacts"]:
+        if art["path"].endswith(".cpio.gz"):
+            art["type"] = "initrd"
+    (job_dir / "metadata.json").write_text(json.dumps(meta))
+    monkeypatch.setenv(KEY_ENV, str(keys.good.secret))
+    assert cli("sign", str(out)).code == 0
+    s3.client().put_bucket_acl(Bucket=s3.bucket, ACL="public-read")
+    result = cli(
+        "publish", str(out), "--to", f"{s3.url}/cip-core", "--endpoint-url", s3.endpoint, "--ref", "master", "--json"
+    )
+    assert result.code == 0, result.err
+    path = tmp_path / "published.json"
+    path.write_text(result.out)
+    return path
+
+
+def lava_job_count(lava: LavaInstance) -> int:
+    count: int = lava.api("GET", "jobs/?limit=1").json()["count"]
+    return count
+
+
+def run_tests(
+    catalog: Path, published: Path, lava: LavaInstance, results: Path, *args: str, token: str | None = None
+) -> subprocess.Popen[str]:
+    env = {**os.environ, TOKEN_ENV: lava.token if token is None else token}
+    argv = [sys.executable, "-m", "orchestrator", "--catalog", str(catalog), "test", "run", str(published)]
+    argv += ["--lava", lava.url, "--results", str(results), "--json", *args]
+    return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(process: subprocess.Popen[str], timeout: float = 300) -> tuple[int, str, str]:
+    out, err = process.communicate(timeout=timeout)
+    return process.returncode, out, err
+
+
+def test_a_passing_plan_exits_0_with_junit_and_the_handoff(
+    lab_catalog: Path, published: Path, lava: LavaInstance, tmp_path: Path
+) -> None:
+    results = tmp_path / "results"
+    code, out, err = finish(run_tests(lab_catalog, published, lava, results, "--plan", "payload-pass"))
+    assert code == 0, err + lava.logs()
+    handoff = json.loads((results / "handoff.json").read_text())
+    assert handoff == json.loads(out)
+    (run,) = handoff["runs"]
+    assert (run["job"], run["plan"], run["status"], run["health"]) == (JOB, "payload-pass", "success", "Complete")
+    assert {c["name"] for c in run["cases"] if c["result"] == "pass"} >= {"kernel", "marker"}
+    assert Path(run["junit"]) == results / JOB / "payload-pass.xml"
+    assert "<testcase" in Path(run["junit"]).read_text()
+    record = json.loads(published.read_text())
+    kernel = next(o for o in record["jobs"][0]["objects"] if o["type"] == "kernel")
+    assert kernel["url"] in run["artifacts"]
+    definition = lava.api("GET", f"jobs/{run['lava_jobs'][-1]}/").json()["definition"]
+    assert kernel["sha256"] in definition  # LAVA checked what it downloaded against the signed sha256
+    assert hashlib.sha256(kernel_path().read_bytes()).hexdigest() == kernel["sha256"]
+
+
+def test_a_failing_case_exits_3_and_names_it(
+    lab_catalog: Path, published: Path, lava: LavaInstance, tmp_path: Path
+) -> None:
+    code, out, err = finish(run_tests(lab_catalog, published, lava, tmp_path / "r", "--plan", "payload-fail"))
+    assert code == 3, err
+    assert "always-fails" in err.strip().splitlines()[-1]
+    (run,) = json.loads(out)["runs"]
+    assert run["health"] == "Complete"
+    assert len(run["lava_jobs"]) == 1  # a failing test is never resubmitted
+
+
+def test_an_artifact_lava_cannot_fetch_stops_the_job_before_submission(
+    lab_catalog: Path, published: Path, lava: LavaInstance, tmp_path: Path, s3: S3Bucket
+) -> None:
+    s3.client().put_bucket_acl(Bucket=s3.bucket, ACL="private")  # the lab's anonymous fetch now gets 403
+    before = lava_job_count(lava)
+    code, out, err = finish(run_tests(lab_catalog, published, lava, tmp_path / "r", "--plan", "payload-pass"))
+    assert code == 4, err
+    assert "HTTP 403" in err and "vmlinuz" in err
+    assert lava_job_count(lava) == before  # nothing was submitted
+    (run,) = json.loads(out)["runs"]
+    assert run["lava_jobs"] == []
+
+
+def test_lava_gone_during_the_wait_is_waited_for(
+    lab_catalog: Path, published: Path, lava: LavaInstance, tmp_path: Path
+) -> None:
+    before = lava_job_count(lava)
+    process = run_tests(lab_catalog, published, lava, tmp_path / "r", "--plan", "payload-pass")
+    deadline = time.monotonic() + 60
+    while lava_job_count(lava) == before and time.monotonic() < deadline:
+        time.sleep(0.3)
+    lava.stop_server()
+    try:
+        time.sleep(15)
+    finally:
+        lava.start_server()
+    code, out, err = finish(process)
+    assert code == 0, err
+    assert json.loads(out)["runs"][0]["health"] == "Complete"
+
+
+def test_a_wrong_token_is_one_line_and_exit_4(
+    lab_catalog: Path, published: Path, lava: LavaInstance, tmp_path: Path
+) -> None:
+    code, _, err = finish(
+        run_tests(lab_catalog, published, lava, tmp_path / "r", "--plan", "payload-pass", token="nope")
+    )
+    assert code == 4, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("cipbuild: error:") and "CIPBUILD_LAVA_TOKEN" in last
+    assert "Traceback" not in err
+
+
+@pytest.fixture(autouse=True)
+def _needs_qemu() -> None:
+    if shutil.which("qemu-system-x86_64") is None:
+        pytest.fail("qemu-system-x86 is not installed") if os.environ.get("CI") else pytest.skip("no qemu")
