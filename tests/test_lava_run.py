@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 from bootpayload import PROMPT, kernel_path, make_initramfs
 from lavafixtures import LavaInstance
@@ -117,6 +118,7 @@ def test_a_passing_plan_exits_0_with_junit_and_the_handoff(
     assert code == 0, err + lava.logs()
     handoff = json.loads((results / "handoff.json").read_text())
     assert handoff == json.loads(out)
+    jsonschema.validate(handoff, json.loads((ROOT / "schemas" / "handoff.schema.json").read_text()))
     (run,) = handoff["runs"]
     assert (run["job"], run["plan"], run["status"], run["health"]) == (JOB, "payload-pass", "success", "Complete")
     assert {c["name"] for c in run["cases"] if c["result"] == "pass"} >= {"kernel", "marker"}

@@ -164,3 +164,14 @@ def test_a_plan_that_does_not_apply_is_one_line_and_exit_2(cli: Cli, catalog: Ca
     job = next(j for j in record.jobs if j.id == riscv)
     with pytest.raises(UserError, match="plan ltp does not apply"):
         render(catalog, record, job, "ltp")
+
+
+def test_the_shipped_handoff_schema_is_the_one_the_code_writes() -> None:
+    from orchestrator.catalog import default_catalog_dir
+    from orchestrator.teststage.run import handoff_schema
+
+    shipped = json.loads((default_catalog_dir() / "schemas" / "handoff.schema.json").read_text())
+    assert shipped == handoff_schema(), (
+        "refresh it: python -c 'from pathlib import Path; from orchestrator.teststage.run import "
+        'write_handoff_schema; write_handoff_schema(Path("schemas"))\''
+    )
