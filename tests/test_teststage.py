@@ -175,3 +175,18 @@ def test_the_shipped_handoff_schema_is_the_one_the_code_writes() -> None:
         "refresh it: python -c 'from pathlib import Path; from orchestrator.teststage.run import "
         'write_handoff_schema; write_handoff_schema(Path("schemas"))\''
     )
+
+
+def test_a_recipe_selects_the_releases_jobs_it_builds(cli: Cli, catalog: Catalog, tmp_path: Path) -> None:
+    record = published_ci(catalog)
+    path = tmp_path / "published.json"
+    path.write_text(record.model_dump_json(by_alias=True))
+    for recipe in ("hands-on", "ci"):
+        wanted = {j.id for j in make_plan(catalog, recipe=recipe, everything=False, sel=Selection()).jobs}
+        expected = {j.id for j in record.jobs if j.id in wanted and plans_for(catalog, j)}
+        result = cli("test", "render", str(path), "-r", recipe, "--out", str(tmp_path / recipe), "--json")
+        if not expected:
+            assert result.code == 2, result.err
+            continue
+        assert result.code == 0, result.err
+        assert {item["job"] for item in json.loads(result.out)} == expected

@@ -31,13 +31,25 @@ ReleaseArg = Annotated[
 
 
 def _render_all(
-    cat: Catalog, record: Published, release: str, job_ids: list[str] | None, plan: list[str] | None
+    cat: Catalog,
+    record: Published,
+    release: str,
+    job_ids: list[str] | None,
+    plan: list[str] | None,
+    recipe: str | None = None,
 ) -> list[RenderedJob]:
     """Every (job, plan) of the release the arguments select, rendered."""
     from ..catalog import suggest
     from ..teststage.render import plans_for, render
 
     jobs = {job.id: job for job in record.jobs}
+    if recipe is not None:
+        from ..matrix import Selection, make_plan
+
+        wanted = {job.id for job in make_plan(cat, recipe=recipe, everything=False, sel=Selection()).jobs}
+        jobs = {job_id: job for job_id, job in jobs.items() if job_id in wanted}
+        if not jobs:
+            raise UserError(f"the release holds no job of recipe {recipe}", where=release)
     for job_id in job_ids or []:
         if job_id not in jobs:
             raise UserError(f"job {job_id} is not in the release", where=release, hint=suggest(job_id, jobs))
@@ -61,6 +73,9 @@ def test_render(
     plan: Annotated[
         list[str] | None, typer.Option("--plan", "-p", help="Only these plans (default: every plan that applies).")
     ] = None,
+    recipe: Annotated[
+        str | None, typer.Option("--recipe", "-r", metavar="RECIPE", help="Only the release's jobs of this recipe.")
+    ] = None,
     out: Annotated[Path, typer.Option("--out", metavar="DIR", help="Where the job files go.")] = Path("lava-jobs"),
     validate: Annotated[
         str | None,
@@ -81,7 +96,7 @@ def test_render(
 
     cat = context(ctx).catalog()
     record = read_published(release)
-    rendered = _render_all(cat, record, release, job_ids, plan)
+    rendered = _render_all(cat, record, release, job_ids, plan, recipe)
     lava = Lava.from_env(validate) if validate else None
     invalid = []
     out.mkdir(parents=True, exist_ok=True)
@@ -123,6 +138,9 @@ def test_run(
     plan: Annotated[
         list[str] | None, typer.Option("--plan", "-p", help="Only these plans (default: every plan that applies).")
     ] = None,
+    recipe: Annotated[
+        str | None, typer.Option("--recipe", "-r", metavar="RECIPE", help="Only the release's jobs of this recipe.")
+    ] = None,
     results: Annotated[
         Path, typer.Option("--results", metavar="DIR", help="Where JUnit files and handoff.json go.")
     ] = Path("results"),
@@ -156,7 +174,7 @@ def test_run(
     opts = Options(retries=retries, timeout=float(parse_duration(timeout, "--timeout")))
     cat = context(ctx).catalog()
     record = read_published(release)
-    rendered = _render_all(cat, record, release, job_ids, plan)
+    rendered = _render_all(cat, record, release, job_ids, plan, recipe)
     runs = [TestRun(item) for item in rendered]
     token = CancelToken()
     results.mkdir(parents=True, exist_ok=True)

@@ -298,7 +298,8 @@ def plan_boot(job: BootJob, settings: Settings, *, cache: Path | None = None) ->
     words += ["-device", p.net]
     disk_device = p.disk
     mode: Literal["kernel", "firmware"]
-    if kernel is not None and (ext4 is not None or initrd is not None):
+    # a wic without an ext4 is a whole disk with its own boot loader: boot it as a PC does
+    if kernel is not None and (ext4 is not None or (initrd is not None and wic is None)):
         mode = "kernel"
         args = list(p.console)
         if ext4 is not None:
