@@ -129,6 +129,22 @@ def sign_and_verify(out: Path) -> tuple[float, float, int]:
     return sign_s, verify_s, len(debs)
 
 
+def boot_check(catalog: Path, out: Path) -> tuple[float, float]:
+    """`cipbuild boot --check` of the built wic under QEMU (software emulation here): the login
+    prompt, root's login, `uname -a`; the seconds to the login prompt and in all."""
+    argv = [sys.executable, "-m", "orchestrator", "--catalog", str(catalog), "boot", JOB, "--out", str(out)]
+    proc = subprocess.run(
+        [*argv, "--check", "--timeout", "900", "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert report["output"].startswith("Linux ")
+    return float(report["seconds_to_login_prompt"]), float(report["seconds_total"])
+
+
 def test_real_isar_build_cold_warm_and_unchanged(tmp_path: Path) -> None:
     assert ISAR
     open_to_builder(tmp_path)
@@ -184,10 +200,12 @@ def test_real_isar_build_cold_warm_and_unchanged(tmp_path: Path) -> None:
     assert set(sizes) == {"wic", "wic.bmap", "kernel", "initrd", "manifest", "dpkg_status"}
     assert sizes["wic"] > 100 * 2**20 and sizes["kernel"] > 2**20
     sign_s, verify_s, packages = sign_and_verify(tmp_path / "out-warm")
+    login_s, boot_s = boot_check(catalog, tmp_path / "out-warm")
     report = (
         f"real isar e2e: cold {cold:.0f} s, warm {warm:.0f} s, unchanged {unchanged:.1f} s, "
         f"forced with nothing to do {bitbake_noop:.0f} s; wic {sizes['wic'] / 2**20:.0f} MiB; "
-        f"signed in {sign_s:.1f} s, verified in {verify_s:.1f} s; sbom {packages} packages"
+        f"signed in {sign_s:.1f} s, verified in {verify_s:.1f} s; sbom {packages} packages; "
+        f"boot --check: login prompt after {login_s:.0f} s, done in {boot_s:.0f} s"
     )
     print(report)
     if os.environ.get("CIPBUILD_E2E_REPORT"):
