@@ -52,6 +52,8 @@ OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 SHA256_HEX = r"^[0-9a-f]{64}$"
 ARTIFACT_PATH = r"^artifacts/[^/]*[^/.][^/]*$"
 SAFE_NAME = re.compile(r"[^/\\\x00-\x1f\x7f]+")
+SUM_LINE = re.compile(r"([0-9a-f]{64}) [ *](.+)")  # a line of SHA256SUMS
+JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 
 
 # --- the published records (pydantic at the edge: JSON out, JSON Schema shipped) ---------------

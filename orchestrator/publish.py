@@ -18,7 +18,7 @@ import string
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,9 +30,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .cancel import CancelToken
 from .errors import InfrastructureError, UserError
-from .manifest import CHECKSUMS, INDEX, MANIFEST, SHA256_HEX, SIGNED, dumps
+from .manifest import CHECKSUMS, INDEX, JOB_ID, MANIFEST, SHA256_HEX, SIGNED, SUM_LINE, dumps
 from .signing import SIGNATURE_SUFFIX
-from .store import LocalStore, S3Store, check_key
+from .store import LocalStore, S3Store, Store, check_key
+from .verify import safe_name
 
 PUBLISHED = "published.json"
 PUBLISHED_SCHEMA = "cipbuild-published/1"
@@ -43,7 +44,6 @@ LAYOUT_FIELDS = ("board", "job", "distro", "release", "file", "path")
 SMALL = 64 << 20  # trust files are read whole (what was checked is what is sent)
 ATTEMPTS = 4  # per object, on top of botocore's own retries of each request
 _REF = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
-_SUM_LINE = re.compile(r"([0-9a-f]{64}) [ *](.+)")
 
 Stage = Literal["artifact", "trust", "record", "index", "pointer"]
 
@@ -270,7 +270,7 @@ class _ReleaseReader:
 
     def job(self, entry: Any, ref: str, layout: str) -> tuple[JobFacts, list[Item]]:
         job_id = entry.get("id") if isinstance(entry, dict) else None
-        if not isinstance(job_id, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", job_id):
+        if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):
             raise UserError(f"{self.root / INDEX} names a job {str(job_id)[:80]!r} that is not a job id")
         unsigned = f"{job_id} was never signed: run `cipbuild sign {self.root}`"
         for name in SIGNED:
@@ -323,12 +323,10 @@ class _ReleaseReader:
         path = f"{job_id}/{CHECKSUMS}"
         sums: dict[str, str] = {}
         for number, line in enumerate(self.small(path).decode("utf-8", "replace").splitlines(), 1):
-            match = _SUM_LINE.fullmatch(line)
-            rel = match.group(2) if match else ""
-            parts = PurePosixPath(rel).parts
-            if match is None or not rel or rel.startswith("/") or ".." in parts or "\\" in rel:
+            match = SUM_LINE.fullmatch(line)
+            if match is None or safe_name(match.group(2)) is not None:
                 raise UserError("is not a `<sha256>  <relative path>` line", where=f"{self.root / path}:{number}")
-            sums[str(PurePosixPath(rel))] = match.group(1)
+            sums[str(PurePosixPath(match.group(2)))] = match.group(1)
         return sums
 
 
@@ -380,9 +378,6 @@ class Silent:
 
     def done(self, item: Item, skipped: bool) -> None:
         pass
-
-
-Store = LocalStore | S3Store
 
 
 def publish(
@@ -570,13 +565,6 @@ def published_record(store: Store, plan: Plan) -> Published:
 
 def _record_bytes(record: Published) -> bytes:
     return dumps(record.model_dump(mode="json", by_alias=True)).encode()
-
-
-def iter_objects(record: Published) -> Iterator[PublishedObject]:
-    yield record.index
-    yield record.index_signature
-    for job in record.jobs:
-        yield from job.objects
 
 
 _DURATION = re.compile(r"(\d+)([smhdw]?)")

@@ -13,21 +13,18 @@ import errno
 import hashlib
 import json
 import os
-import re
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, Protocol
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 from .errors import UserError
-from .manifest import CHECKSUMS, CHUNK, INDEX, INDEX_SCHEMA, MANIFEST, MANIFEST_SCHEMA, SIGNED
+from .manifest import CHECKSUMS, CHUNK, INDEX, INDEX_SCHEMA, JOB_ID, MANIFEST, MANIFEST_SCHEMA, SIGNED, SUM_LINE
 from .signing import SIGNATURE_SUFFIX, GpgHome, import_keys, run_gpg
 
 SMALL_LIMIT = 64 << 20  # a manifest, an SBOM or a checksum list larger than this is refused
-_SUM_LINE = re.compile(r"([0-9a-f]{64}) [ *](.+)")
-_JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 
 
 class SourceError(Exception):
@@ -162,21 +159,12 @@ class Prefixed:
 def open_source(location: str, endpoint_url: str | None = None) -> Source:
     """The reader for ``location``: a local job or release folder, or a published release (one
     with published.json) in a folder, at ``s3://bucket/prefix/<ref>`` or ``https://.../<ref>``."""
-    from .store import open_store
-    from .store.source import PUBLISHED, HttpSource, PublishedRelease, StoreSource
+    from .publish import PUBLISHED
+    from .store.source import PublishedRelease, raw_source
 
-    scheme = urlsplit(location).scheme
-    if scheme in ("https", "http"):
-        return PublishedRelease(HttpSource(location))
-    if scheme in ("s3", "file"):
-        return PublishedRelease(StoreSource(open_store(location, endpoint_url=endpoint_url)))
-    if endpoint_url:
-        raise UserError("--endpoint-url only applies to s3:// locations", where=location)
-    path = Path(location)
-    if not path.is_dir():
-        raise UserError("is not a folder", where=location)
-    local = LocalFolder(path)
-    return PublishedRelease(local) if local.exists(PUBLISHED) else local
+    source = raw_source(location, endpoint_url)
+    local = isinstance(source, LocalFolder) and not source.exists(PUBLISHED)
+    return source if local else PublishedRelease(source)
 
 
 @dataclass(frozen=True)
@@ -292,7 +280,7 @@ class _Checker:
         listed: set[str] = set()
         for entry in jobs:
             job_id = entry.get("id") if isinstance(entry, dict) else None
-            if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id) or job_id in listed:
+            if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id) or job_id in listed:
                 self.problem(INDEX, f"entry {str(job_id)[:80]!r} is not a job id (or is listed twice)")
                 continue
             listed.add(job_id)
@@ -365,7 +353,7 @@ class _Checker:
         if text and not text.endswith("\n"):
             self.problem(at + CHECKSUMS, "is truncated (no newline at the end)")
         for number, line in enumerate(text.splitlines(), 1):
-            match = _SUM_LINE.fullmatch(line)
+            match = SUM_LINE.fullmatch(line)
             if match is None:
                 self.problem(f"{at}{CHECKSUMS}:{number}", "is not a `<sha256>  <path>` line")
                 continue

@@ -29,6 +29,15 @@ ReleaseArg = Annotated[
     ),
 ]
 
+ReleaseJobsArg = Annotated[list[str] | None, typer.Argument(help="Jobs of the release (default: all).")]
+PlanOpt = Annotated[
+    list[str] | None,
+    typer.Option("--plan", "-p", metavar="PLAN", help="Only these plans (default: every plan that applies)."),
+]
+RecipeOpt = Annotated[
+    str | None, typer.Option("--recipe", "-r", metavar="RECIPE", help="Only the release's jobs of this recipe.")
+]
+
 
 def _render_all(
     cat: Catalog,
@@ -69,13 +78,9 @@ def _render_all(
 def test_render(
     ctx: typer.Context,
     release: ReleaseArg,
-    job_ids: Annotated[list[str] | None, typer.Argument(help="Jobs of the release (default: all).")] = None,
-    plan: Annotated[
-        list[str] | None, typer.Option("--plan", "-p", help="Only these plans (default: every plan that applies).")
-    ] = None,
-    recipe: Annotated[
-        str | None, typer.Option("--recipe", "-r", metavar="RECIPE", help="Only the release's jobs of this recipe.")
-    ] = None,
+    job_ids: ReleaseJobsArg = None,
+    plan: PlanOpt = None,
+    recipe: RecipeOpt = None,
     out: Annotated[Path, typer.Option("--out", metavar="DIR", help="Where the job files go.")] = Path("lava-jobs"),
     validate: Annotated[
         str | None,
@@ -125,7 +130,7 @@ def test_render(
 def test_run(
     ctx: typer.Context,
     release: ReleaseArg,
-    job_ids: Annotated[list[str] | None, typer.Argument(help="Jobs of the release (default: all).")] = None,
+    job_ids: ReleaseJobsArg = None,
     lava_url: Annotated[
         str,
         typer.Option(
@@ -135,12 +140,8 @@ def test_run(
             help="The LAVA server (its token: CIPBUILD_LAVA_TOKEN) [env var: CIPBUILD_LAVA_URL].",
         ),
     ] = "",
-    plan: Annotated[
-        list[str] | None, typer.Option("--plan", "-p", help="Only these plans (default: every plan that applies).")
-    ] = None,
-    recipe: Annotated[
-        str | None, typer.Option("--recipe", "-r", metavar="RECIPE", help="Only the release's jobs of this recipe.")
-    ] = None,
+    plan: PlanOpt = None,
+    recipe: RecipeOpt = None,
     results: Annotated[
         Path, typer.Option("--results", metavar="DIR", help="Where JUnit files and handoff.json go.")
     ] = Path("results"),

@@ -30,6 +30,8 @@ class Store(Protocol):
     def check(self) -> None:
         """Raise UserError/InfrastructureError when the store cannot be written (before any write)."""
 
+    def close(self) -> None: ...
+
     def head(self, key: str) -> ObjectInfo | None: ...
 
     def put_file(self, key: str, path: str, *, size: int, sha256: str, progress: Progress) -> None:

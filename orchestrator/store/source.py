@@ -7,15 +7,16 @@ import json
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any, BinaryIO
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from ..errors import InfrastructureError, UserError
+from ..publish import PUBLISHED
 from ..verify import SMALL_LIMIT, Entry, Source, SourceError
 from .local import LocalStore
 from .s3 import S3Store
 
-PUBLISHED = "published.json"
 HTTP_ATTEMPTS = 4
 
 
@@ -86,6 +87,24 @@ class HttpSource:
         except SourceError:
             return False
         return True
+
+
+def raw_source(location: str, endpoint_url: str | None = None) -> Source:
+    """The files at ``location`` by relative name: over HTTP(S), in a store (s3://, file://) or
+    in a local folder."""
+    from ..verify import LocalFolder
+    from . import open_store
+
+    scheme = urlsplit(location).scheme
+    if scheme in ("https", "http"):
+        return HttpSource(location)
+    if scheme in ("s3", "file"):
+        return StoreSource(open_store(location, endpoint_url=endpoint_url))
+    if endpoint_url:
+        raise UserError("--endpoint-url only applies to s3:// locations", where=location)
+    if not Path(location).is_dir():
+        raise UserError("is not a folder", where=location)
+    return LocalFolder(Path(location))
 
 
 class PublishedRelease:

@@ -6,15 +6,12 @@ each result back to the job, its input digest and its manifest."""
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
-from urllib.parse import urlsplit
 
 from ..catalog import Catalog, suggest
-from ..errors import InfrastructureError, UserError
+from ..errors import UserError
 from ..publish import PUBLISHED, Published, PublishedJob, PublishedObject
 
 COMPRESSION = {".zst": "zstd", ".xz": "xz", ".gz": "gz", ".bz2": "bz2"}
@@ -58,26 +55,19 @@ def read_published(location: str) -> Published:
     or a published release (a folder, file://, s3://bucket/prefix/REF, https://.../REF)."""
     path = Path(location)
     if path.is_file():
-        data = _bytes_of_file(path)
-    elif urlsplit(location).scheme in ("http", "https"):
-        data = _bytes_of_url(location.rstrip("/") + "/" + PUBLISHED)
-    elif urlsplit(location).scheme in ("s3", "file"):
-        from ..store import open_store
-
-        store = open_store(location)
         try:
-            with store.open(PUBLISHED) as handle:
-                data = handle.read(64 << 20)
-        except KeyError:
-            raise UserError(f"holds no {PUBLISHED}: publish the release first", where=location) from None
-        finally:
-            store.close()
-    elif path.is_dir():
-        if not (path / PUBLISHED).is_file():
-            raise UserError(f"holds no {PUBLISHED}: publish the release first", where=location)
-        data = _bytes_of_file(path / PUBLISHED)
+            data = path.read_bytes()
+        except OSError as exc:
+            raise UserError(f"cannot read it: {exc.strerror or exc}", where=location) from None
     else:
-        raise UserError("is neither a published.json file nor a published release", where=location)
+        from ..store.source import raw_source
+        from ..verify import SMALL_LIMIT, SourceError
+
+        try:
+            with raw_source(location).open(PUBLISHED) as handle:
+                data = handle.read(SMALL_LIMIT)
+        except SourceError:
+            raise UserError(f"holds no {PUBLISHED}: publish the release first", where=location) from None
     try:
         raw = json.loads(data)
         if isinstance(raw, dict):
@@ -87,24 +77,6 @@ def read_published(location: str) -> Published:
     except ValueError as exc:
         first = str(exc).splitlines()[0]
         raise UserError(f"is not a cipbuild published record ({first})", where=location) from None
-
-
-def _bytes_of_file(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise UserError(f"cannot read it: {exc.strerror or exc}", where=str(path)) from None
-
-
-def _bytes_of_url(url: str) -> bytes:
-    try:
-        with urllib.request.urlopen(url, timeout=30) as response:
-            data: bytes = response.read(64 << 20)
-            return data
-    except urllib.error.HTTPError as exc:
-        raise UserError(f"HTTP {exc.code}", where=url) from None
-    except (urllib.error.URLError, OSError) as exc:
-        raise InfrastructureError(f"{url}: {getattr(exc, 'reason', exc)}") from None
 
 
 def plans_for(catalog: Catalog, job: PublishedJob) -> list[str]:
