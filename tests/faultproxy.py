@@ -8,13 +8,15 @@ import socket
 import struct
 import threading
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import BinaryIO, Final
 from urllib.parse import urlsplit
 
 FAULT_KINDS: Final[tuple[str, ...]] = ("500", "503", "reset", "stall", "truncate")
+RULE_KINDS: Final[tuple[str, ...]] = (*FAULT_KINDS, "404")  # a rule may also make an object vanish
 _S3_ERRORS: Final = {
+    "404": (b"404 Not Found", "NoSuchKey", "The specified key does not exist."),
     "500": (b"500 Internal Server Error", "InternalError", "We encountered an internal error. Please try again."),
     "503": (b"503 Slow Down", "SlowDown", "Please reduce your request rate."),
 }
@@ -28,6 +30,8 @@ class _PeerError(Exception):
 
 
 Headers = list[tuple[str, str]]
+# (method, target, headers) -> the fault for this request or None; decides instead of the seeded draw
+Rule = Callable[[str, str, Headers], str | None]
 
 
 def _header(headers: Headers, name: str) -> str | None:
@@ -103,6 +107,7 @@ class FaultProxy:
         seed: int = 1,
         kinds: Iterable[str] = FAULT_KINDS,
         stall_seconds: float = 3.0,
+        rule: Rule | None = None,
     ) -> None:
         parts = urlsplit(upstream)
         self._upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
@@ -110,6 +115,7 @@ class FaultProxy:
         if not self._kinds or set(self._kinds) - set(FAULT_KINDS):
             raise ValueError(f"kinds must be a non-empty subset of {FAULT_KINDS}, got {self._kinds}")
         self._rate = rate
+        self._rule = rule
         self._rng = random.Random(seed)
         self._stall_seconds = stall_seconds
         self._lock = threading.Lock()
@@ -170,10 +176,16 @@ class FaultProxy:
                 self._counts["connections"] += 1
             threading.Thread(target=self._serve, args=(conn,), name="faultproxy-conn", daemon=True).start()
 
-    def _draw(self, start: bytes) -> str | None:
+    def _draw(self, start: bytes, headers: Headers) -> str | None:
         with self._lock:
             self._counts["requests"] += 1
-            kind = self._rng.choice(self._kinds) if self._rng.random() < self._rate else None
+            if self._rule is not None:
+                method, _, target = start.decode("latin-1").partition(" ")
+                kind = self._rule(method, target.rsplit(" ", 1)[0], headers)
+                if kind is not None and kind not in RULE_KINDS:
+                    raise ValueError(f"a rule returned {kind!r}, not one of {RULE_KINDS}")
+            else:
+                kind = self._rng.choice(self._kinds) if self._rng.random() < self._rate else None
             if kind:
                 self._counts[kind] += 1
             self.history.append((start.decode("latin-1").rsplit(" ", 1)[0], kind))
@@ -209,7 +221,7 @@ class FaultProxy:
         body = _read_body(rfile, headers, until_eof=False)
         keep_alive = rest.endswith(b"HTTP/1.1") and (_header(headers, "connection") or "").lower() != "close"
 
-        fault = self._draw(start)
+        fault = self._draw(start, headers)
         if fault in _S3_ERRORS:
             status, code, text = _S3_ERRORS[fault]
             xml = (

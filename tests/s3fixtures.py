@@ -25,7 +25,7 @@ import boto3
 import pytest
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
-from faultproxy import FAULT_KINDS, FaultProxy
+from faultproxy import FAULT_KINDS, FaultProxy, Rule
 
 __all__ = ["ADMIN", "READER", "Credentials", "FaultProxy", "FaultProxyFactory", "S3Bucket", "S3Server", "s3_client"]
 
@@ -252,7 +252,12 @@ class S3Bucket:
 
 class FaultProxyFactory(Protocol):
     def __call__(
-        self, rate: float = 0.25, seed: int = 1, kinds: Iterable[str] = FAULT_KINDS, stall_seconds: float = 3.0
+        self,
+        rate: float = 0.25,
+        seed: int = 1,
+        kinds: Iterable[str] = FAULT_KINDS,
+        stall_seconds: float = 3.0,
+        rule: Rule | None = None,
     ) -> FaultProxy: ...
 
 
@@ -313,9 +318,15 @@ def fault_proxy(s3_server: S3Server) -> Iterator[FaultProxyFactory]:
     proxies: list[FaultProxy] = []
 
     def make(
-        rate: float = 0.25, seed: int = 1, kinds: Iterable[str] = FAULT_KINDS, stall_seconds: float = 3.0
+        rate: float = 0.25,
+        seed: int = 1,
+        kinds: Iterable[str] = FAULT_KINDS,
+        stall_seconds: float = 3.0,
+        rule: Rule | None = None,
     ) -> FaultProxy:
-        proxy = FaultProxy(s3_server.endpoint, rate=rate, seed=seed, kinds=kinds, stall_seconds=stall_seconds)
+        proxy = FaultProxy(
+            s3_server.endpoint, rate=rate, seed=seed, kinds=kinds, stall_seconds=stall_seconds, rule=rule
+        )
         proxies.append(proxy)
         return proxy
 

@@ -36,6 +36,7 @@ LOGIN_FILES = {
     "/etc/init.d/S90getty": GETTY_HOOK,
     "/etc/passwd": "root:x:0:0:root:/root:/bin/sh\n",
     "/etc/shadow": f"root:{ROOT_HASH}:19000:0:99999:7:::\n",
+    "/etc/profile": "PS1='root@cipbuild-payload:~# '\n",  # the prompt Debian's bash gives root
 }
 # the payload's init has no init system to ask: power off the machine itself (ACPI, then qemu exits)
 POWEROFF = ("--poweroff", "poweroff -f")

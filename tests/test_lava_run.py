@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -18,7 +19,7 @@ import jsonschema
 import pytest
 from bootpayload import PROMPT, kernel_path, make_initramfs
 from lavafixtures import LavaInstance
-from s3fixtures import S3Bucket
+from s3fixtures import FaultProxyFactory, S3Bucket
 from test_signing import (
     Keys,
     keys,  # noqa: F401  (the session fixture)
@@ -62,15 +63,13 @@ def lab_catalog(catalog_copy: Path) -> Path:
 
 
 @pytest.fixture
-def published(
+def signed_out(
     cli: Cli,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
     keys: Keys,  # noqa: F811
-    s3: S3Bucket,
 ) -> Path:
-    """The payload as a signed job, published to a public-read bucket (a lab fetches anonymously);
-    the `publish --json` output's path."""
+    """The payload as a signed job's out folder."""
     out = tmp_path / "out"
     initrd = make_initramfs(tmp_path / "initramfs.cpio.gz")
     job_dir = make_job(out, JOB, {"vmlinuz": kernel_path().read_bytes(), "initramfs.cpio.gz": initrd.read_bytes()})
@@ -81,14 +80,23 @@ def published(
     (job_dir / "metadata.json").write_text(json.dumps(meta))
     monkeypatch.setenv(KEY_ENV, str(keys.good.secret))
     assert cli("sign", str(out)).code == 0
+    return out
+
+
+def publish_payload(cli: Cli, out: Path, s3: S3Bucket, endpoint: str, ref: str) -> Path:
+    """``out`` published to a public-read bucket (a lab fetches anonymously) through ``endpoint``;
+    the `publish --json` output's path."""
     s3.client().put_bucket_acl(Bucket=s3.bucket, ACL="public-read")
-    result = cli(
-        "publish", str(out), "--to", f"{s3.url}/cip-core", "--endpoint-url", s3.endpoint, "--ref", "master", "--json"
-    )
+    result = cli("publish", str(out), "--to", f"{s3.url}/cip-core", "--endpoint-url", endpoint, "--ref", ref, "--json")
     assert result.code == 0, result.err
-    path = tmp_path / "published.json"
+    path = out.parent / f"published-{ref}.json"
     path.write_text(result.out)
     return path
+
+
+@pytest.fixture
+def published(cli: Cli, signed_out: Path, s3: S3Bucket) -> Path:
+    return publish_payload(cli, signed_out, s3, s3.endpoint, "master")
 
 
 def lava_job_count(lava: LavaInstance) -> int:
@@ -184,6 +192,73 @@ def test_a_wrong_token_is_one_line_and_exit_4(
     last = err.strip().splitlines()[-1]
     assert last.startswith("cipbuild: error:") and "CIPBUILD_LAVA_TOKEN" in last
     assert "Traceback" not in err
+
+
+def test_a_download_the_lab_broke_is_resubmitted_and_a_failing_test_never(
+    cli: Cli,
+    lab_catalog: Path,
+    signed_out: Path,
+    s3: S3Bucket,
+    fault_proxy: FaultProxyFactory,
+    lava: LavaInstance,
+    tmp_path: Path,
+) -> None:
+    """The store in front of the lab loses the kernel for one download (HEAD still answers, so
+    the preflight and LAVA's validation pass): LAVA ends the job Incomplete with an
+    Infrastructure error. With --retries 0 that is exit 4; by default it is resubmitted."""
+    vanish = {"left": 0}
+
+    def kernel_vanishes(method: str, target: str, headers: list[tuple[str, str]]) -> str | None:
+        ranged = any(name.lower() == "range" for name, _ in headers)
+        if method == "GET" and target.endswith("/vmlinuz") and not ranged and vanish["left"] > 0:
+            vanish["left"] -= 1
+            return "404"
+        return None
+
+    front = fault_proxy(rule=kernel_vanishes)
+    published = publish_payload(cli, signed_out, s3, front.endpoint, "flaky")
+    assert front.endpoint in published.read_text()  # the lab downloads through the flaky front
+
+    vanish["left"] = 1
+    code, out, err = finish(
+        run_tests(lab_catalog, published, lava, tmp_path / "once", "--plan", "payload-pass", "--retries", "0")
+    )
+    assert code == 4, err
+    (run,) = json.loads(out)["runs"]
+    assert (run["health"], len(run["lava_jobs"])) == ("Incomplete", 1)
+    assert "Infrastructure" in run["error"] and "vmlinuz" in run["error"]
+    assert "Infrastructure" in err.strip().splitlines()[-1]
+
+    vanish["left"] = 1
+    code, out, err = finish(run_tests(lab_catalog, published, lava, tmp_path / "again", "--plan", "payload-pass"))
+    assert code == 0, err + lava.logs()
+    (run,) = json.loads(out)["runs"]
+    assert (run["status"], run["health"], len(run["lava_jobs"])) == ("success", "Complete", 2)
+    assert "resubmitting" in err
+    assert vanish["left"] == 0
+
+
+def test_ctrl_c_cancels_the_lava_jobs_under_way(
+    lab_catalog: Path, published: Path, lava: LavaInstance, tmp_path: Path
+) -> None:
+    before = lava_job_count(lava)
+    results = tmp_path / "r"
+    process = run_tests(lab_catalog, published, lava, results, "--plan", "payload-pass", "--plan", "payload-fail")
+    deadline = time.monotonic() + 60
+    while lava_job_count(lava) < before + 2 and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert lava_job_count(lava) == before + 2
+    process.send_signal(signal.SIGINT)
+    code, _, err = finish(process, timeout=60)
+    assert code == 130, err
+    handoff = json.loads((results / "handoff.json").read_text())
+    assert {r["status"] for r in handoff["runs"]} == {"interrupted"}
+    for run in handoff["runs"]:
+        deadline = time.monotonic() + 60
+        while (job := lava.api("GET", f"jobs/{run['lava_jobs'][-1]}/").json())["state"] != "Finished":
+            assert time.monotonic() < deadline, job
+            time.sleep(0.5)
+        assert job["health"] == "Canceled"
 
 
 @pytest.fixture(autouse=True)

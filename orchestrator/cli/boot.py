@@ -9,10 +9,11 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ..errors import BuildError, UserError
-from ..output import print_json, print_line
+from ..output import print_json, print_line, print_table
 from .app import JsonOpt, app, context
 
 if TYPE_CHECKING:
+    from ..models import TestPlanFile
     from ..teststage.boot import BootPlan, CheckResult
 
 
@@ -33,6 +34,16 @@ def boot(
             "command succeeded, 3 when the prompt never came or the command failed (console in <job>/boot.log).",
         ),
     ] = False,
+    plans: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--plan",
+            "-p",
+            metavar="PLAN",
+            help="Run this test plan (testplans/PLAN.yml) without a lab, as LAVA would: boot, log in as the plan "
+            "says, run its steps, JUnit in <job>/results/PLAN.xml. Repeatable, one boot each; implies --check.",
+        ),
+    ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the qemu command line only.")] = False,
     command: Annotated[
         str, typer.Option("--command", "-c", metavar="CMD", help="Smoke command --check runs once logged in.")
@@ -109,8 +120,12 @@ def boot(
     changed: the guest writes to a throw-away overlay.
 
     With --check it boots headless instead and checks that the image comes up: login prompt, log
-    in, --command, power off, all within --timeout. Exit codes: 0 ok, 2 unknown job or nothing to
-    boot, 3 the check failed, 4 qemu missing or failing.
+    in, --command, power off, all within --timeout. With --plan it runs the catalogue's test plans
+    the same way (a workshop laptop's `boot` and `ltp` smoke, no lab needed); plans whose tests
+    come from a git repository run in a lab only (`cipbuild test run`).
+
+    Exit codes: 0 ok, 2 unknown job, plan or nothing to boot, 3 the check or a test case failed,
+    4 qemu missing or failing.
     """
     from ..teststage import boot as local
 
@@ -120,11 +135,20 @@ def boot(
         ("--shell-prompt", shell_prompt),
     ):
         _check_regex(flag, pattern)
-    job = local.load_job(out, job_id, context(ctx).catalog())
+    catalog = context(ctx).catalog()
+    job = local.load_job(out, job_id, catalog)
+    if plans:
+        from ..teststage.localplan import local_plans
+
+        chosen = local_plans(catalog, job, plans)
+        check = True
     settings = local.Settings(check, memory, append, accel, ssh_port, tuple(qemu_arg or ()))
     plan = local.plan_boot(job, settings)
     if dry_run:
         _print_plan(plan, as_json)
+        return
+    if plans:
+        _run_plans(plan, chosen, password, poweroff, timeout, show_console, as_json)
         return
     if not check:
         sys.stderr.write(f"cipbuild: booting {job.id}; quit with Ctrl-A X\n")
@@ -135,22 +159,68 @@ def boot(
     secret = local.default_password(job) if password is None else password
     login = local.Login(user, secret, login_prompt, password_prompt, shell_prompt)
 
-    def progress(seconds: float, text: str) -> None:
-        sys.stderr.write(f"[{seconds:6.1f}s] {text}\n")
-        sys.stderr.flush()
-
     result = local.check(
         plan,
         login,
         command=command,
         poweroff=poweroff,
         timeout=timeout,
-        on_event=progress,
+        on_event=_progress,
         echo=sys.stderr if show_console else None,
     )
     _print_result(result, as_json)
     if not result.ok:
         raise BuildError(result.error)
+
+
+def _progress(seconds: float, text: str) -> None:
+    sys.stderr.write(f"[{seconds:6.1f}s] {text}\n")
+    sys.stderr.flush()
+
+
+def _run_plans(
+    plan: BootPlan,
+    chosen: list[tuple[str, TestPlanFile]],
+    password: str | None,
+    poweroff: str,
+    timeout: float,
+    show_console: bool,
+    as_json: bool,
+) -> None:
+    from ..teststage.localplan import run_plan
+
+    results = []
+    for name, testplan in chosen:
+        _progress(0.0, f"plan {name}: {testplan.summary}")
+        results.append(
+            run_plan(
+                plan,
+                name,
+                testplan,
+                password=password,
+                poweroff=poweroff,
+                timeout=timeout,
+                on_event=_progress,
+                echo=sys.stderr if show_console else None,
+            )
+        )
+    if as_json:
+        print_json({"job": plan.job.id, "plans": [r.to_json() for r in results]})
+    else:
+        rows = [
+            [
+                r.plan,
+                "ok" if r.ok else "failed",
+                f"{sum(c.result == 'pass' for c in r.cases)}/{len(r.cases)}",
+                f"{r.check.total:.1f} s",
+                str(r.junit or r.check.log),
+            ]
+            for r in results
+        ]
+        print_table(None, ["plan", "result", "passed", "time", "results"], rows)
+    failed = [r for r in results if not r.ok]
+    if failed:
+        raise BuildError("; ".join(r.error for r in failed))
 
 
 def _check_regex(flag: str, pattern: str) -> None:

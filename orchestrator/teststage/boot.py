@@ -40,6 +40,7 @@ UNPACKERS = (".zst", ".xz", ".gz", ".bz2")
 # Debian's ovmf package: the firmware for an x86 wic when the job deployed none of its own
 HOST_OVMF = Path("/usr/share/OVMF")
 POWEROFF_GRACE = 30.0  # seconds a guest gets to power itself off before qemu is killed
+PROMPT_SETTLE = 0.5  # seconds of console quiet after a password prompt before typing
 SSH_PORT = 22222  # start-qemu.sh's hostfwd=tcp:127.0.0.1:22222-:22
 
 
@@ -507,6 +508,13 @@ class Console:
                 return False
         return True
 
+    def settle(self, quiet: float, deadline: float) -> None:
+        """Wait until the console has been quiet for ``quiet`` seconds (or the deadline)."""
+        while time.monotonic() < deadline:
+            before = len(self.text)
+            if not self.read(min(quiet, max(deadline - time.monotonic(), 0))) or len(self.text) == before:
+                return
+
     def _absorb(self, chunk: bytes) -> None:
         text = self._decoder.decode(chunk)
         if self._echo is not None:
@@ -564,7 +572,7 @@ class CheckResult:
         }
 
 
-class _CheckFailedError(Exception):
+class CheckFailedError(Exception):
     """The check failed: the message says what was expected, ``seen`` what came instead."""
 
     def __init__(self, message: str, seen: str | None = None):
@@ -572,11 +580,17 @@ class _CheckFailedError(Exception):
         self.seen = seen
 
 
+# what runs once logged in instead of the smoke command: (console, deadline, event); raises CheckFailedError
+Session = Callable[[Console, float, Callable[[str], None]], None]
+
+
 def check(
     plan: BootPlan,
     login: Login,
     *,
     command: str = "uname -a",
+    session: Session | None = None,
+    log_name: str = "boot.log",
     poweroff: str = "poweroff",
     timeout: float = 300.0,
     on_event: Callable[[float, str], None] = lambda _t, _e: None,
@@ -587,7 +601,7 @@ def check(
     qemu that cannot run raises InfrastructureError."""
     binary = qemu_binary(plan)
     unpack(plan)
-    log = plan.job.folder / "boot.log"
+    log = plan.job.folder / log_name
     result = CheckResult(plan.job.id, False, plan.accel, command, log)
     start = time.monotonic()
     deadline = start + timeout
@@ -609,7 +623,10 @@ def check(
     try:
         try:
             _log_in(console, login, start, timeout, result, event)
-            _run_smoke(console, command, deadline, timeout, result, event)
+            if session is None:
+                _run_smoke(console, command, deadline, timeout, result, event)
+            else:
+                session(console, deadline, event)
             result.ok = True
             result.powered_off = _power_off(console, proc, poweroff, deadline, event)
         except ConsoleClosedError:
@@ -620,8 +637,8 @@ def check(
                     f"{plan.command[0]} failed (exit {code}): {errors[-1] if errors else 'no message'}"
                 ) from None
             stage = "the login prompt" if result.to_login is None else "the command's result"
-            raise _CheckFailedError(f"qemu stopped (exit {code}) before {stage}") from None
-    except _CheckFailedError as failed:
+            raise CheckFailedError(f"qemu stopped (exit {code}) before {stage}") from None
+    except CheckFailedError as failed:
         seen = f"last console line: {_quoted(console.last_line())}" if failed.seen is None else failed.seen
         result.error = f"{plan.job.id}: {failed}; {seen}; console in {log}"
     finally:
@@ -645,46 +662,55 @@ def _log_in(
     shell = re.compile(login.shell_prompt, flags)
     if not login.user:
         if console.expect({"shell": shell}, deadline) is None:
-            raise _CheckFailedError(f"no shell prompt /{login.shell_prompt}/ within {timeout:g} s")
+            raise CheckFailedError(f"no shell prompt /{login.shell_prompt}/ within {timeout:g} s")
         result.to_login = time.monotonic() - start
         event("shell prompt")
         return
     prompt = re.compile(login.login_prompt, flags)
     if console.expect({"login": prompt}, deadline) is None:
-        raise _CheckFailedError(f"no login prompt /{login.login_prompt}/ within {timeout:g} s")
+        raise CheckFailedError(f"no login prompt /{login.login_prompt}/ within {timeout:g} s")
     result.to_login = time.monotonic() - start
     event("login prompt")
     console.send(login.user)
     asked = {"password": re.compile(login.password_prompt, flags), "shell": shell, "refused": REFUSED}
     seen = console.expect(asked, deadline)
     if seen is not None and seen[0] == "password":
+        # PAM turns echo off with TCSAFLUSH after printing the prompt: a password typed before that is lost
+        console.settle(PROMPT_SETTLE, deadline)
         console.send(login.password)
         seen = console.expect({"shell": shell, "refused": REFUSED, "login": prompt}, deadline)
     if seen is None:
-        raise _CheckFailedError(
+        raise CheckFailedError(
             f"no shell prompt /{login.shell_prompt}/ after logging in as {login.user} within {timeout:g} s"
         )
     if seen[0] != "shell":
-        raise _CheckFailedError(f"login as {login.user} refused (check --user and --password)")
+        raise CheckFailedError(f"login as {login.user} refused (check --user and --password)")
     event(f"logged in as {login.user}")
+
+
+def run_marked(console: Console, line: str, deadline: float) -> tuple[int, str] | None:
+    """Type ``line`` and wait for it to finish: its exit status and what it printed, or None at the deadline."""
+    marker = f"CIPBUILD-RC-{secrets.token_hex(4)}"
+    # the typed line shows `$?`, only the shell's output shows the number
+    console.send(f'{line}; echo "{marker}=$?"')
+    sent = console.pos
+    found = console.expect({"rc": re.compile(re.escape(marker) + r"=(\d+)")}, deadline)
+    if found is None:
+        return None
+    lines = console.text[sent : found[1].start()].splitlines()
+    return int(found[1][1]), "\n".join(ln for ln in lines[1:] if marker not in ln).strip()  # past the echo
 
 
 def _run_smoke(
     console: Console, command: str, deadline: float, timeout: float, result: CheckResult, event: Callable[[str], None]
 ) -> None:
-    marker = f"CIPBUILD-RC-{secrets.token_hex(4)}"
-    # the typed line shows `$?`, only the shell's output shows the number
-    console.send(f'{command}; echo "{marker}=$?"')
-    sent = console.pos
-    found = console.expect({"rc": re.compile(re.escape(marker) + r"=(\d+)")}, deadline)
-    if found is None:
-        raise _CheckFailedError(f"`{command}` did not finish within {timeout:g} s")
-    lines = console.text[sent : found[1].start()].splitlines()
-    result.output = "\n".join(ln for ln in lines[1:] if marker not in ln).strip()  # past the echoed command
-    result.exit_status = int(found[1][1])
+    done = run_marked(console, command, deadline)
+    if done is None:
+        raise CheckFailedError(f"`{command}` did not finish within {timeout:g} s")
+    result.exit_status, result.output = done
     if result.exit_status != 0:
         last = result.output.splitlines()[-1] if result.output else ""
-        raise _CheckFailedError(f"`{command}` exited with {result.exit_status}", f"its last line: {_quoted(last)}")
+        raise CheckFailedError(f"`{command}` exited with {result.exit_status}", f"its last line: {_quoted(last)}")
     event(f"command ok: {command}")
 
 
