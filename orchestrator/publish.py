@@ -516,39 +516,45 @@ def _content_type(key: str) -> str:
     return "application/octet-stream"
 
 
-def published_record(store: Store, plan: Plan) -> Published:
-    prefix = f"{plan.ref}/"
+def _object(store: Store, plan: Plan, item: Item) -> dict[str, Any]:
+    return {
+        "name": item.name,
+        "path": item.key[len(plan.ref) + 1 :],
+        "url": store.public_url(item.key),
+        "sha256": item.sha256,
+        "size": item.size,
+        "type": item.type,
+    }
 
-    def obj(item: Item) -> dict[str, Any]:
-        return {
-            "name": item.name,
-            "path": item.key[len(prefix) :],
-            "url": store.public_url(item.key),
-            "sha256": item.sha256,
-            "size": item.size,
-            "type": item.type,
-        }
 
-    by_name = {item.name: item for item in plan.items}
+def job_records(store: Store, plan: Plan) -> list[PublishedJob]:
+    """Each job of ``plan`` as published.json lists it: its facts and every object with its URL."""
     keyed = {item.key: item for item in plan.items}
     jobs = []
     for facts in plan.jobs:
         objects = []
         for item in plan.by_job[facts.id]:  # a file two jobs share is sent once, named by both
-            objects.append({**obj(keyed[item.key]), "name": item.name, "type": item.type})
+            objects.append({**_object(store, plan, keyed[item.key]), "name": item.name, "type": item.type})
         jobs.append(
-            {
-                "id": facts.id,
-                "board": facts.board,
-                "distro": facts.distro,
-                "release": facts.release,
-                "options": list(facts.options),
-                "image": facts.image,
-                "inputs_digest": facts.inputs_digest,
-                "manifest": next(o["url"] for o in objects if o["name"] == f"{facts.id}/{MANIFEST}"),
-                "objects": objects,
-            }
+            PublishedJob.model_validate(
+                {
+                    "id": facts.id,
+                    "board": facts.board,
+                    "distro": facts.distro,
+                    "release": facts.release,
+                    "options": list(facts.options),
+                    "image": facts.image,
+                    "inputs_digest": facts.inputs_digest,
+                    "manifest": next(o["url"] for o in objects if o["name"] == f"{facts.id}/{MANIFEST}"),
+                    "objects": objects,
+                }
+            )
         )
+    return jobs
+
+
+def published_record(store: Store, plan: Plan) -> Published:
+    by_name = {item.name: item for item in plan.items}
     return Published.model_validate(
         {
             "schema": PUBLISHED_SCHEMA,
@@ -556,9 +562,9 @@ def published_record(store: Store, plan: Plan) -> Published:
             "ref": plan.ref,
             "layout": plan.layout,
             "url": store.public_url(f"{plan.ref}/{INDEX}")[: -len(INDEX)],
-            "index": obj(by_name[INDEX]),
-            "index_signature": obj(by_name[INDEX + SIGNATURE_SUFFIX]),
-            "jobs": jobs,
+            "index": _object(store, plan, by_name[INDEX]),
+            "index_signature": _object(store, plan, by_name[INDEX + SIGNATURE_SUFFIX]),
+            "jobs": job_records(store, plan),
         }
     )
 
@@ -694,23 +700,33 @@ def prune_release(store: Store, release: Release) -> None:
 
 def published_digests(location: str) -> dict[str, str]:
     """Job id -> inputs digest of each job manifest the release at ``location`` (a published
-    release: s3://bucket/prefix/<ref>, file:// or a folder) holds; empty when nothing is published
-    there yet. The endpoint of an S3-compatible server comes from AWS_ENDPOINT_URL."""
+    release: s3://bucket/prefix/<ref>, file:// or a folder) holds, from its published.json and
+    from the parts runners published for it (`publish --part`; a part wins: it is the newer);
+    empty when nothing is published there yet. The endpoint of an S3-compatible server comes
+    from AWS_ENDPOINT_URL."""
     from .store import open_store
 
     store = open_store(location)
     try:
         if isinstance(store, LocalStore) and not store.root.is_dir():
             return {}
+        jobs: dict[str, PublishedJob] = {}
         try:
             with store.open(PUBLISHED) as handle:
-                record = Published.model_validate_json(handle.read(SMALL))
+                jobs = {job.id: job for job in Published.model_validate_json(handle.read(SMALL)).jobs}
         except KeyError:
-            return {}
+            pass
         except ValueError:
             raise UserError(f"{PUBLISHED} is not a cipbuild published record", where=location) from None
+        for info in store.objects("parts/"):
+            try:
+                with store.open(info.key) as handle:
+                    job = json.loads(handle.read(SMALL))["job"]
+                jobs[job["id"]] = PublishedJob.model_validate(job)
+            except (KeyError, ValueError, TypeError):
+                continue  # not a part, or gone since the listing: build the job
         digests: dict[str, str] = {}
-        for job in record.jobs:
+        for job in jobs.values():
             manifest = next((o for o in job.objects if o.name == f"{job.id}/{MANIFEST}"), None)
             if manifest is None:
                 continue

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from ..output import print_json, print_line
-from .app import JsonOpt, app
+from .app import JsonOpt, app, context
+
+if TYPE_CHECKING:
+    from ..publish import Plan
 
 StoreOpt = Annotated[
     str,
@@ -32,6 +35,7 @@ EndpointOpt = Annotated[
 
 @app.command()
 def publish(
+    ctx: typer.Context,
     out: Annotated[Path, typer.Argument(help="The signed release: the folder `build` and `sign` wrote.")] = Path("out"),
     to: StoreOpt = "publish",
     ref: Annotated[
@@ -79,6 +83,31 @@ def publish(
             "a release a pointer names).",
         ),
     ] = None,
+    part: Annotated[
+        bool,
+        typer.Option(
+            "--part",
+            help="Fan-out: publish these jobs as parts of the release (artifacts, trust files, "
+            "<ref>/parts/<job>.json) and no index; one final job runs --assemble.",
+        ),
+    ] = False,
+    assemble: Annotated[
+        bool,
+        typer.Option(
+            "--assemble",
+            help="Fan-out: make the release from the parts in the store: check each job's manifest, write and "
+            "sign index.json (key: CIPBUILD_SIGNING_KEY or --key-id), commit it. OUT is not read.",
+        ),
+    ] = False,
+    recipe: Annotated[
+        str | None,
+        typer.Option(
+            "--recipe", "-r", metavar="RECIPE", help="With --assemble: every job of this recipe must have its part."
+        ),
+    ] = None,
+    key_id: Annotated[
+        str | None, typer.Option("--key-id", metavar="ID", help="With --assemble: a secret key of your keyring.")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Publish a signed release: artifacts first, then each job's checksums, SBOMs, provenance,
@@ -89,10 +118,16 @@ def publish(
     The store defaults to ./publish, a folder: no account needed. --json prints published.json,
     every object with its URL and sha256, as the test stage reads it, plus what was sent.
 
+    Where many CI runners build one release, each runs `publish OUT --part` and one final job
+    `publish --assemble`: the store is where they meet, and the release appears only when that
+    last job commits its index.
+
     Exit codes: 0 published, 2 bad input (unsigned release, unknown bucket, no credentials,
-    access denied, a key leaving the prefix), 4 the store failed, 130 interrupted.
+    access denied, a key leaving the prefix, a job without its part), 4 the store failed, 5 a
+    part's manifest is not what it recorded, 130 interrupted.
     """
     from ..cancel import CancelToken, signals_cancel
+    from ..errors import UserError
     from ..progress import TransferProgress
     from ..publish import check_channel, default_ref, parse_duration, plan_publish
     from ..publish import presign as sign_urls
@@ -102,7 +137,20 @@ def publish(
     seconds = parse_duration(presign, "--presign") if presign is not None else None
     if latest is not None:
         check_channel(latest)
+    if part and assemble:
+        raise UserError("--part and --assemble are two ends of a fan-out: pass one", where="publish")
+    if recipe is not None and not assemble:
+        raise UserError("--recipe only applies to --assemble", where="publish")
+    if part and (latest is not None or presign is not None):
+        raise UserError("a part is not a release: --latest and --presign go with --assemble", where="publish")
+    if assemble:
+        _assemble(ctx, to, ref if ref is not None else default_ref(), endpoint_url, acl, recipe, key_id, latest,
+                  seconds, as_json)  # fmt: skip
+        return
     plan = plan_publish(out, ref if ref is not None else default_ref(), layout)
+    if part:
+        _publish_parts(plan, to, endpoint_url, acl, as_json)
+        return
     store = open_store(to, endpoint_url=endpoint_url, acl=acl)
     token = CancelToken()
     try:
@@ -132,6 +180,73 @@ def publish(
         f"{tally.skipped_objects} already there, {size_text(tally.skipped_bytes)}; {tally.seconds:.1f} s"
         + (f"; aborted {tally.aborted_uploads} unfinished upload(s)" if tally.aborted_uploads else "")
     )
+
+
+def _publish_parts(plan: Plan, to: str, endpoint_url: str | None, acl: str | None, as_json: bool) -> None:
+    from ..cancel import CancelToken, signals_cancel
+    from ..fanout import part_json, publish_parts
+    from ..progress import TransferProgress, size_text
+    from ..store import open_store
+
+    store = open_store(to, endpoint_url=endpoint_url, acl=acl)
+    token = CancelToken()
+    try:
+        with signals_cancel(token), TransferProgress() as progress:
+            parts, tally = publish_parts(store, plan, token, watcher=progress)
+    finally:
+        store.close()
+    if as_json:
+        print_json({"parts": part_json(parts), "summary": tally.to_json()})
+        return
+    url = parts[0].url if parts else store.url
+    print_line(f"published {len(parts)} job(s) as parts of {plan.ref} at {url} (no index until --assemble)")
+    print_line(
+        f"sent {tally.sent_objects} object(s), {size_text(tally.sent_bytes)}; "
+        f"{tally.skipped_objects} already there, {size_text(tally.skipped_bytes)}; {tally.seconds:.1f} s"
+    )
+
+
+def _assemble(
+    ctx: typer.Context,
+    to: str,
+    ref: str,
+    endpoint_url: str | None,
+    acl: str | None,
+    recipe: str | None,
+    key_id: str | None,
+    latest: str | None,
+    seconds: int | None,
+    as_json: bool,
+) -> None:
+    from ..cancel import CancelToken, signals_cancel
+    from ..fanout import assemble
+    from ..publish import check_ref
+    from ..publish import presign as sign_urls
+    from ..signing import KeySource, Signer
+    from ..store import open_store
+
+    check_ref(ref)
+    expected = None
+    if recipe is not None:
+        from ..matrix import Selection, make_plan
+
+        expected = [job.id for job in make_plan(context(ctx).catalog(), recipe=recipe, everything=False,
+                                               sel=Selection()).jobs]  # fmt: skip
+    source = KeySource.from_env(key_id)
+    store = open_store(to, endpoint_url=endpoint_url, acl=acl)
+    token = CancelToken()
+    try:
+        with signals_cancel(token), Signer(source) as signer:
+            record, tally = assemble(store, ref, signer, token, expected=expected, latest=latest)
+        if seconds is not None:
+            record = sign_urls(store, record, seconds)
+    finally:
+        store.close()
+    data: dict[str, Any] = record.model_dump(mode="json", by_alias=True)
+    if as_json:
+        print_json({**data, "summary": tally.to_json()})
+        return
+    print_line(f"assembled {ref}: {len(record.jobs)} job(s) at {record.url}", bold=record.url)
 
 
 @app.command()

@@ -14,8 +14,7 @@ from .app import JsonOpt, app, context
 
 if TYPE_CHECKING:
     from ..catalog import Catalog
-    from ..publish import Published
-    from ..teststage.render import RenderedJob
+    from ..teststage.render import ReleaseView, RenderedJob
 
 test_app = typer.Typer(help="The test stage: LAVA jobs from a published release.", no_args_is_help=True)
 app.add_typer(test_app, name="test")
@@ -41,7 +40,7 @@ RecipeOpt = Annotated[
 
 def _render_all(
     cat: Catalog,
-    record: Published,
+    record: ReleaseView,
     release: str,
     job_ids: list[str] | None,
     plan: list[str] | None,

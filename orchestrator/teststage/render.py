@@ -50,9 +50,18 @@ class RenderedJob:
         return f"{self.job.id}.{self.plan}.yaml"
 
 
-def read_published(location: str) -> Published:
-    """The published record at ``location``: a JSON file (`publish --json` or published.json),
-    or a published release (a folder, file://, s3://bucket/prefix/REF, https://.../REF)."""
+@dataclass(frozen=True)
+class ReleaseView:
+    """What the test stage reads of a published release, or of the parts runners published."""
+
+    url: str
+    jobs: list[PublishedJob]
+
+
+def read_published(location: str) -> ReleaseView:
+    """The published record at ``location``: a JSON file (`publish --json` or published.json,
+    or `publish --part --json` of a fan-out's runner), or a published release (a folder,
+    file://, s3://bucket/prefix/REF, https://.../REF)."""
     path = Path(location)
     if path.is_file():
         try:
@@ -73,7 +82,13 @@ def read_published(location: str) -> Published:
         if isinstance(raw, dict):
             raw.pop("summary", None)  # `publish --json` adds what was sent
             raw.pop("urls_expire", None)
-        return Published.model_validate(raw)
+            if isinstance(raw.get("parts"), list) and raw["parts"]:
+                from ..fanout import PublishedPart
+
+                parts = [PublishedPart.model_validate(part) for part in raw["parts"]]
+                return ReleaseView(parts[0].url, [part.job for part in parts])
+        record = Published.model_validate(raw)
+        return ReleaseView(record.url, record.jobs)
     except ValueError as exc:
         first = str(exc).splitlines()[0]
         raise UserError(f"is not a cipbuild published record ({first})", where=location) from None
@@ -108,7 +123,7 @@ def _artifact(obj: PublishedObject) -> Artifact:
     return Artifact(obj.type, obj.url, obj.sha256, obj.name, COMPRESSION.get(suffix))
 
 
-def render(catalog: Catalog, record: Published, job: PublishedJob, plan_name: str) -> RenderedJob:
+def render(catalog: Catalog, record: ReleaseView, job: PublishedJob, plan_name: str) -> RenderedJob:
     """The LAVA job definition that runs ``plan_name`` on ``job``; UserError when the board is
     not tested in LAVA, the plan does not apply, or the job lacks an artifact the plan needs."""
     import yaml
