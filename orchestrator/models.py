@@ -304,6 +304,9 @@ class DistroFile(Model):
     )
     artifacts: list[ArtifactRule] = Field(default_factory=list, description="deployed by every board")
     builder: str = Field(description="default builder image (kas container), pinned by version and digest")
+    runner_tags: list[str] = Field(
+        default_factory=list, description="GitLab runner tags of its build jobs (ci gitlab); {arch}, {distro} filled"
+    )
     default_release: Name
     releases: dict[Name, Release] = Field(min_length=1)
     kernels: dict[Version, Kernel] = Field(min_length=1)

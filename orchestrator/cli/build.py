@@ -51,7 +51,11 @@ def build(
     mirror: Annotated[
         list[Path] | None,
         typer.Option(
-            "--mirror", metavar="DIR", help="Folder of local git mirrors named like the upstream repos (repeatable)."
+            "--mirror",
+            envvar="CIPBUILD_MIRROR",
+            metavar="DIR",
+            help="Folder of local git mirrors named like the upstream repos (repeatable; the env var takes "
+            "several, separated by spaces).",
         ),
     ] = None,
     sign: Annotated[
