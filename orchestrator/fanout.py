@@ -25,11 +25,13 @@ from .errors import UserError, VerificationError
 from .manifest import INDEX, INDEX_SCHEMA, JOB_ID, MANIFEST, ReleaseIndex, dumps
 from .publish import (
     LATEST,
+    LAYOUT,
     POINTER_SCHEMA,
     PUBLISHED,
     PUBLISHED_SCHEMA,
     SMALL,
     Item,
+    JobFacts,
     Plan,
     Published,
     PublishedJob,
@@ -98,6 +100,29 @@ def publish_parts(
     return parts, tally
 
 
+def plan_jobs(release_dir: Path, ref: str, job_ids: list[str], layout: str = LAYOUT) -> Plan:
+    """The publish plan of signed job folders of ``release_dir`` (no index.json needed: a job is
+    published as a part the moment it is signed)."""
+    from .publish import _ReleaseReader, check_layout
+
+    check_ref(ref)
+    check_layout(layout)
+    reader = _ReleaseReader(release_dir)
+    jobs: list[JobFacts] = []
+    by_job: dict[str, list[Item]] = {}
+    by_key: dict[str, Item] = {}
+    for job_id in job_ids:
+        manifest = reader.small(f"{job_id}/{MANIFEST}", hint=f"sign it first: `cipbuild sign {release_dir}`")
+        facts, items = reader.job({"id": job_id, "sha256": hashlib.sha256(manifest).hexdigest()}, ref, layout)
+        jobs.append(facts)
+        by_job[facts.id] = items
+        for item in items:
+            by_key.setdefault(item.key, item)
+    order = {"artifact": 0, "trust": 1}
+    items = sorted(by_key.values(), key=lambda i: (order.get(i.stage, 2), i.key))
+    return Plan(release_dir, ref, layout, jobs, items, by_job)
+
+
 def read_parts(store: Store, ref: str) -> dict[str, PublishedPart]:
     """Every part under ``<ref>/parts/``, by job id; a part that is not one is a VerificationError."""
     found: dict[str, PublishedPart] = {}
@@ -140,7 +165,21 @@ def assemble(
     tally = Tally()
     started = time.monotonic()
     store.check()
+    previous = _previous_release(store, ref)
     parts = read_parts(store, ref)
+    if previous is not None:  # jobs published from one machine, before or beside the fan-out
+        for job in previous.jobs:
+            if job.id not in parts:
+                parts[job.id] = PublishedPart.model_validate(
+                    {
+                        "schema": PART_SCHEMA,
+                        "store": previous.store,
+                        "ref": ref,
+                        "layout": previous.layout,
+                        "url": previous.url,
+                        "job": job,
+                    }
+                )
     if expected is not None:
         missing = sorted(set(expected) - set(parts))
         if missing:
@@ -156,6 +195,10 @@ def assemble(
     entries = [_index_entry(store, part) for _, part in sorted(parts.items())]
     index = ReleaseIndex.model_validate({"schema": INDEX_SCHEMA, "jobs": entries})
     index_data = dumps(index.model_dump(mode="json", by_alias=True)).encode()
+    jobs = [part.job for _, part in sorted(parts.items())]
+    if previous is not None and _unchanged(store, ref, index_data, previous, jobs) and latest is None:
+        tally.seconds = round(time.monotonic() - started, 3)
+        return previous, tally  # the same release is there, signed: nothing to write
     with tempfile.TemporaryDirectory(prefix="cipbuild-index-") as tmp:
         path = Path(tmp) / INDEX
         path.write_bytes(index_data)
@@ -187,7 +230,7 @@ def assemble(
             "url": store.public_url(f"{ref}/{INDEX}")[: -len(INDEX)],
             "index": obj(items[INDEX]),
             "index_signature": obj(items[INDEX + SIGNATURE_SUFFIX]),
-            "jobs": [part.job for _, part in sorted(parts.items())],
+            "jobs": jobs,
         }
     )
     record_data = dumps(record.model_dump(mode="json", by_alias=True)).encode()
@@ -205,6 +248,30 @@ def assemble(
             send(store, item, token, tally, watcher)
     tally.seconds = round(time.monotonic() - started, 3)
     return record, tally
+
+
+def _previous_release(store: Store, ref: str) -> Published | None:
+    try:
+        with store.open(f"{ref}/{PUBLISHED}") as handle:
+            return Published.model_validate_json(handle.read(SMALL))
+    except KeyError:
+        return None
+    except ValueError:
+        raise VerificationError(f"{store.url}/{ref}/{PUBLISHED} is not a cipbuild published record") from None
+
+
+def _unchanged(store: Store, ref: str, index_data: bytes, previous: Published, jobs: list[PublishedJob]) -> bool:
+    """Whether ``<ref>/`` already holds this index, signed, and a published record of these jobs."""
+    if previous.jobs != jobs:
+        return False
+    found = store.head(f"{ref}/{INDEX}")
+    signature = store.head(f"{ref}/{INDEX}{SIGNATURE_SUFFIX}")
+    return (
+        found is not None
+        and signature is not None
+        and found.sha256 == hashlib.sha256(index_data).hexdigest()
+        and signature.sha256 == previous.index_signature.sha256
+    )
 
 
 def _index_entry(store: Store, part: PublishedPart) -> dict[str, str]:

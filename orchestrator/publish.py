@@ -698,7 +698,7 @@ def prune_release(store: Store, release: Release) -> None:
 # --- build avoidance across machines ------------------------------------------------------------
 
 
-def published_digests(location: str) -> dict[str, str]:
+def published_digests(location: str, *, endpoint_url: str | None = None) -> dict[str, str]:
     """Job id -> inputs digest of each job manifest the release at ``location`` (a published
     release: s3://bucket/prefix/<ref>, file:// or a folder) holds, from its published.json and
     from the parts runners published for it (`publish --part`; a part wins: it is the newer);
@@ -706,7 +706,7 @@ def published_digests(location: str) -> dict[str, str]:
     from AWS_ENDPOINT_URL."""
     from .store import open_store
 
-    store = open_store(location)
+    store = open_store(location, endpoint_url=endpoint_url)
     try:
         if isinstance(store, LocalStore) and not store.root.is_dir():
             return {}

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -23,6 +26,13 @@ from .app import (
     selects_jobs,
 )
 from .trust import print_signed, signed_json
+
+if TYPE_CHECKING:
+    from ..buildjob import BuildResult
+    from ..catalog import Catalog
+    from ..matrix import Job
+    from ..runtime.base import Runtime
+    from ..signing import Signer
 
 
 @app.command()
@@ -90,16 +100,8 @@ def build(
     build is not rebuilt. Exit codes: 0 built, 2 bad input or signing key, 3 a build failed,
     4 infrastructure, 130 interrupted.
     """
-    import contextlib
-    import uuid
-
-    from ..buildjob import BuildContext, BuildResult
-    from ..matrix import make_plan
-    from ..progress import BuildProgress
-    from ..runtime import pick_runtime
-    from ..scheduler import Options, Scheduler, check_results
-    from ..signing import KeySource, SignedRelease, Signer, sign_index, sign_job
-    from ..status import Status
+    from ..scheduler import check_results
+    from ..signing import KeySource, SignedRelease, Signer, sign_index
 
     cat = context(ctx).catalog()
     if request.recipe is None and request.sel.is_empty():
@@ -108,49 +110,31 @@ def build(
             where="build",
             hint="a board (-b qemu-amd64), a recipe (-r hands-on) or job ids; `cipbuild plan` lists them",
         )
-    chosen = make_plan(cat, recipe=request.recipe, everything=False, sel=request.sel).jobs
-    for folder in mirror or []:
-        if not folder.is_dir():
-            raise UserError(f"mirror folder {folder} does not exist", where="--mirror")
     from ..compress import check_method
+    from ..matrix import make_plan
     from ..publish import published_digests
 
+    chosen = make_plan(cat, recipe=request.recipe, everything=False, sel=request.sel).jobs
     check_method(compress)
     if compress != "none" and not sign:
         raise UserError("--compress goes with --sign (or use `cipbuild sign --compress`)", where="--compress")
     published = published_digests(skip_published) if skip_published else {}
-    engine = pick_runtime(runtime)
-    threads = max(1, len(os.sched_getaffinity(0)) // jobs)  # the CPUs this process may use
-    build_ctx = BuildContext(
-        cat,
-        engine,
-        out.resolve(),
-        cache.resolve(),
-        builder_images(cat, image),
-        uuid.uuid4().hex[:8],
-        threads=threads,
-        mirrors=tuple(m.resolve() for m in mirror or []),
-        force=force,
-        published=published,
-    )
-    in_ci = bool(os.environ.get("CI"))
-    opts = Options(jobs=jobs, keep_going=in_ci if keep_going is None else keep_going)
     signed: SignedRelease | None = None
-    signatures: dict[str, list[Path]] = {}
     with contextlib.ExitStack() as stack:
         signer = stack.enter_context(Signer(KeySource.from_env(key_id))) if sign else None
-
-        def sign_built(result: BuildResult) -> None:  # each job as it finishes
-            if signer is not None and result.status in (Status.SUCCESS, Status.UP_TO_DATE):
-                signatures[result.job.id] = sign_job(signer, result.job_dir, compress)
-
-        with BuildProgress([j.id for j in chosen]) as progress:
-            results = Scheduler(build_ctx, opts, progress.event, progress.task, after_job=sign_built).run(chosen)
-        if signer is not None and signatures:
-            skipped = [(r.job.id, str(r.status)) for r in results if r.job.id not in signatures]
-            signed = sign_index(signer, build_ctx.out_dir, signatures, skipped)
+        run = run_builds(
+            cat,
+            chosen,
+            BuildSettings(runtime, image, out, cache, tuple(mirror or ()), jobs, keep_going, force, compress),
+            published=published,
+            signer=signer,
+        )
+        if signer is not None and run.signatures:
+            skipped = [(r.job.id, str(r.status)) for r in run.results if r.job.id not in run.signatures]
+            signed = sign_index(signer, run.out_dir, run.signatures, skipped)
+    results = run.results
     if as_json:
-        data = {"out": str(build_ctx.out_dir), "runtime": engine.name, "results": [r.to_json() for r in results]}
+        data = {"out": str(run.out_dir), "runtime": run.engine.name, "results": [r.to_json() for r in results]}
         print_json({**data, "signed": signed_json(signed)} if sign else data)
     else:
         rows = [
@@ -161,6 +145,82 @@ def build(
         if signed is not None:
             print_signed(signed, False)
     check_results(results)
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    """How `build` (and `release`) run the jobs: the flags they share."""
+
+    runtime: str = "auto"
+    image: str | None = None
+    out: Path = Path("out")
+    cache: Path = Path("cache")
+    mirrors: tuple[Path, ...] = ()
+    jobs: int = 1
+    keep_going: bool | None = None
+    force: bool = False
+    compress: str = "none"
+
+
+@dataclass
+class BuildRun:
+    engine: Runtime
+    out_dir: Path
+    results: list[BuildResult]
+    signatures: dict[str, list[Path]] = field(default_factory=dict)
+
+
+def run_builds(
+    cat: Catalog,
+    chosen: list[Job],
+    settings: BuildSettings,
+    *,
+    published: dict[str, str],
+    signer: Signer | None = None,
+    after_signed: Callable[[BuildResult], None] | None = None,
+) -> BuildRun:
+    """Build ``chosen`` with live progress; with ``signer`` each job that built is signed as it
+    finishes (then ``after_signed`` sees it). Jobs ``published`` holds (id -> input digest) with
+    the same input digest are skipped as published."""
+    import uuid
+
+    from ..buildjob import BuildContext
+    from ..progress import BuildProgress
+    from ..runtime import pick_runtime
+    from ..scheduler import Options, Scheduler
+    from ..signing import sign_job
+    from ..status import Status
+
+    for folder in settings.mirrors:
+        if not folder.is_dir():
+            raise UserError(f"mirror folder {folder} does not exist", where="--mirror")
+    engine = pick_runtime(settings.runtime)
+    threads = max(1, len(os.sched_getaffinity(0)) // settings.jobs)  # the CPUs this process may use
+    build_ctx = BuildContext(
+        cat,
+        engine,
+        settings.out.resolve(),
+        settings.cache.resolve(),
+        builder_images(cat, settings.image),
+        uuid.uuid4().hex[:8],
+        threads=threads,
+        mirrors=tuple(m.resolve() for m in settings.mirrors),
+        force=settings.force,
+        published=published,
+    )
+    in_ci = bool(os.environ.get("CI"))
+    opts = Options(jobs=settings.jobs, keep_going=in_ci if settings.keep_going is None else settings.keep_going)
+    run = BuildRun(engine, build_ctx.out_dir, [])
+
+    def sign_built(result: BuildResult) -> None:  # each job as it finishes
+        if signer is not None and result.status in (Status.SUCCESS, Status.UP_TO_DATE):
+            run.signatures[result.job.id] = sign_job(signer, result.job_dir, settings.compress)
+            if after_signed is not None:
+                after_signed(result)
+
+    with BuildProgress([j.id for j in chosen]) as progress:
+        run.results = Scheduler(build_ctx, opts, progress.event, progress.task, after_job=sign_built).run(chosen)
+    return run
 
 
 @app.command()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -14,7 +14,9 @@ from .app import JsonOpt, app, context
 
 if TYPE_CHECKING:
     from ..catalog import Catalog
+    from ..teststage.lava import Lava
     from ..teststage.render import ReleaseView, RenderedJob
+    from ..teststage.run import Options, TestRun
 
 test_app = typer.Typer(help="The test stage: LAVA jobs from a published release.", no_args_is_help=True)
 app.add_typer(test_app, name="test")
@@ -160,13 +162,11 @@ def test_run(
     Exit codes: 0 every test passed, 2 bad input, 3 a test failed, 4 infrastructure (an
     artifact LAVA cannot fetch, a refused token, the lab gone), 130 interrupted.
     """
-    from ..cancel import CancelToken, signals_cancel
-    from ..progress import BuildProgress
     from ..publish import parse_duration
     from ..status import raise_for
     from ..teststage.lava import Lava
     from ..teststage.render import read_published
-    from ..teststage.run import HANDOFF, Options, TestRun, handoff, preflight, run_all
+    from ..teststage.run import HANDOFF, Options
 
     if not lava_url:
         raise UserError("say which LAVA server", where="--lava", hint="--lava https://lava.example.org/")
@@ -175,17 +175,7 @@ def test_run(
     cat = context(ctx).catalog()
     record = read_published(release)
     rendered = _render_all(cat, record, release, job_ids, plan, recipe)
-    runs = [TestRun(item) for item in rendered]
-    token = CancelToken()
-    results.mkdir(parents=True, exist_ok=True)
-    with BuildProgress([r.key for r in runs], labels={}) as progress:
-        preflight(runs, progress.event)
-        try:
-            with signals_cancel(token):
-                run_all(lava, runs, results, token, progress.event, opts)
-        finally:
-            data = handoff(lava, record.url, runs).model_dump(mode="json", by_alias=True)
-            (results / HANDOFF).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    runs, data = run_lab(lava, record.url, rendered, results, opts)
     if as_json:
         print_json(data)
     else:
@@ -196,3 +186,26 @@ def test_run(
         print_table(None, ["job", "plan", "status", "LAVA jobs", "detail"], rows)
         print_line(f"results in {results}, handoff in {results / HANDOFF}")
     raise_for([(f"{r.key} ({r.error})" if r.error else r.key, r.status) for r in runs], "test run")
+
+
+def run_lab(
+    lava: Lava, release_url: str, rendered: list[RenderedJob], results: Path, opts: Options
+) -> tuple[list[TestRun], dict[str, Any]]:
+    """Preflight, submit and wait on ``rendered`` with live progress; the runs and the handoff
+    (also written to results/handoff.json, whatever happened)."""
+    from ..cancel import CancelToken, signals_cancel
+    from ..progress import BuildProgress
+    from ..teststage.run import HANDOFF, TestRun, handoff, preflight, run_all
+
+    runs = [TestRun(item) for item in rendered]
+    token = CancelToken()
+    results.mkdir(parents=True, exist_ok=True)
+    with BuildProgress([r.key for r in runs], labels={}) as progress:
+        preflight(runs, progress.event)
+        try:
+            with signals_cancel(token):
+                run_all(lava, runs, results, token, progress.event, opts)
+        finally:
+            data = handoff(lava, release_url, runs).model_dump(mode="json", by_alias=True)
+            (results / HANDOFF).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    return runs, data

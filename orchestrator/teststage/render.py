@@ -72,19 +72,23 @@ def read_published(location: str) -> ReleaseView:
         from ..store.source import raw_source
         from ..verify import SMALL_LIMIT, SourceError
 
+        # a record by its URL (a runner's part: <store>/<ref>/parts/<job>.json), or a release's published.json
+        folder, name = location.rsplit("/", 1) if location.endswith(".json") else (location, PUBLISHED)
         try:
-            with raw_source(location).open(PUBLISHED) as handle:
+            with raw_source(folder).open(name) as handle:
                 data = handle.read(SMALL_LIMIT)
         except SourceError:
-            raise UserError(f"holds no {PUBLISHED}: publish the release first", where=location) from None
+            raise UserError(f"holds no {name}: publish the release first", where=location) from None
     try:
         raw = json.loads(data)
         if isinstance(raw, dict):
             raw.pop("summary", None)  # `publish --json` adds what was sent
             raw.pop("urls_expire", None)
-            if isinstance(raw.get("parts"), list) and raw["parts"]:
-                from ..fanout import PublishedPart
+            from ..fanout import PART_SCHEMA, PublishedPart
 
+            if raw.get("schema") == PART_SCHEMA:
+                raw = {"parts": [raw]}
+            if isinstance(raw.get("parts"), list) and raw["parts"]:
                 parts = [PublishedPart.model_validate(part) for part in raw["parts"]]
                 return ReleaseView(parts[0].url, [part.job for part in parts])
         record = Published.model_validate(raw)
