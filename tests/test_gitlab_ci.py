@@ -238,3 +238,39 @@ def test_a_failing_build_fails_the_pipeline_and_no_release_appears(
     stored = s3.keys("cip-core/broken/")
     assert "cip-core/broken/parts/isar-bookworm-qemu-amd64.json" in stored  # the good build published
     assert "cip-core/broken/index.json" not in stored  # the release job never ran
+
+
+@pytest.mark.integration
+def test_the_projects_own_pipeline_runs_up_to_the_trigger(tmp_path: Path) -> None:
+    """The project's .gitlab-ci.yml: valid for GitLab, and its generate job, run for real, writes
+    the pipeline its trigger job includes."""
+    project = tmp_path / "cipbuild"
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    for name in files:
+        if (ROOT / name).is_file():
+            (project / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, project / name)
+    env = {**os.environ, "GIT_AUTHOR_NAME": "ci", "GIT_AUTHOR_EMAIL": "ci@example.invalid",
+           "GIT_COMMITTER_NAME": "ci", "GIT_COMMITTER_EMAIL": "ci@example.invalid"}  # fmt: skip
+    for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "cipbuild"]):
+        subprocess.run(["git", *args], cwd=project, check=True, env=env, capture_output=True)
+    own = load(project / ".gitlab-ci.yml")
+    assert check_pipeline(own) == []
+    trigger = own["build"]["trigger"]
+    assert trigger["strategy"] == "depend" and trigger["include"][0]["job"] == "cipbuild:generate"
+    assert own["build"]["variables"] == {"PARENT_PIPELINE_ID": "$CI_PIPELINE_ID"}
+    listed = run_pipeline(project, ".gitlab-ci.yml", {}, "--list")
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    for job in ("lint", "test", "cipbuild:generate"):
+        assert job in listed.stdout
+    done = run_pipeline(project, ".gitlab-ci.yml", {}, "cipbuild:generate")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    generated = next(project.rglob("cipbuild-pipeline.yml"))
+    child = load(generated)
+    assert check_pipeline(child) == []
+    assert "-r ci" in child["release:index"]["script"][0]
+    tagged = run_pipeline(project, ".gitlab-ci.yml", {"CI_COMMIT_TAG": "v1.0"}, "cipbuild:generate")
+    assert tagged.returncode == 0, tagged.stdout[-3000:]
+    assert "-r release" in load(next(project.rglob("cipbuild-pipeline.yml")))["release:index"]["script"][0]
