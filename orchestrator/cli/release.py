@@ -134,7 +134,8 @@ def release(
             run = run_builds(cat, chosen, settings, published=published, signer=signer, after_signed=publish_job)
             for result in run.results:
                 line = lines[result.job.id]
-                line.build = str(result.status) + (f": {result.error}" if result.error else "")
+                failed = result.error and not result.status.ok
+                line.build = str(result.status) + (f": {result.error}" if failed else "")
                 if result.status == Status.PUBLISHED:
                     line.publish = "already there"
             record, summary = _assemble_if_complete(store, name, signer, token, chosen, run.results, lines, latest)
@@ -224,7 +225,9 @@ def _report(
             }
         )
         return
+    from ..progress import size_text
+
     rows = [[line.id, line.build, line.publish, ", ".join(line.test) or "-"] for line in lines.values()]
     print_table(None, ["job", "build", "publish", "test"], rows)
     where = record.url if record is not None else f"{store}/{ref}/"
-    print_line(f"release {ref}: {built} built, {sent} bytes sent, index {index}; {where}", bold=where)
+    print_line(f"release {ref}: {built} built, {size_text(sent)} sent, index {index}; {where}", bold=where)
