@@ -641,6 +641,8 @@ def releases(store: Store) -> list[Release]:
             if target is not None:
                 pointers.setdefault(target, []).append(info.key)
             continue
+        if not _REF.fullmatch(ref):
+            continue  # not a release: the shared build caches (`cipbuild cache`, under _cache/)
         release = found.setdefault(ref, Release(ref, [], 0, info.modified, False))
         release.keys.append(info.key)
         release.size += info.size

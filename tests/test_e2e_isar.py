@@ -145,6 +145,19 @@ def boot_check(catalog: Path, out: Path) -> tuple[float, float]:
     return float(report["seconds_to_login_prompt"]), float(report["seconds_total"])
 
 
+def boot_plan(catalog: Path, out: Path) -> float:
+    """`cipbuild boot --plan boot`: the catalogue's boot plan run without a lab, as LAVA's test
+    shell would; the seconds it took."""
+    argv = [sys.executable, "-m", "orchestrator", "--catalog", str(catalog), "boot", JOB, "--out", str(out)]
+    proc = subprocess.run([*argv, "--plan", "boot", "--timeout", "900", "--json"], capture_output=True, text=True,
+                          check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (plan,) = json.loads(proc.stdout)["plans"]
+    assert [(c["name"], c["result"]) for c in plan["cases"]] == [("uname", "pass"), ("proc-version", "pass")]
+    assert (out / JOB / "results" / "boot.xml").is_file()
+    return float(plan["boot"]["seconds_total"])
+
+
 def test_real_isar_build_cold_warm_and_unchanged(tmp_path: Path) -> None:
     assert ISAR
     open_to_builder(tmp_path)
@@ -201,11 +214,13 @@ def test_real_isar_build_cold_warm_and_unchanged(tmp_path: Path) -> None:
     assert sizes["wic"] > 100 * 2**20 and sizes["kernel"] > 2**20
     sign_s, verify_s, packages = sign_and_verify(tmp_path / "out-warm")
     login_s, boot_s = boot_check(catalog, tmp_path / "out-warm")
+    plan_s = boot_plan(catalog, tmp_path / "out-warm")
     report = (
         f"real isar e2e: cold {cold:.0f} s, warm {warm:.0f} s, unchanged {unchanged:.1f} s, "
         f"forced with nothing to do {bitbake_noop:.0f} s; wic {sizes['wic'] / 2**20:.0f} MiB; "
         f"signed in {sign_s:.1f} s, verified in {verify_s:.1f} s; sbom {packages} packages; "
-        f"boot --check: login prompt after {login_s:.0f} s, done in {boot_s:.0f} s"
+        f"boot --check: login prompt after {login_s:.0f} s, done in {boot_s:.0f} s; "
+        f"boot --plan boot: 2 cases passed in {plan_s:.0f} s"
     )
     print(report)
     if os.environ.get("CIPBUILD_E2E_REPORT"):
