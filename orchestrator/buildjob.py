@@ -273,7 +273,27 @@ def build_env(ctx: BuildContext, job: Job) -> dict[str, str]:
     mirrors = premirrors(ctx)
     if mirrors:
         env["KAS_PREMIRRORS"] = mirrors
+    sstate = sstate_mirror(ctx.environ)
+    if sstate:
+        env["SSTATE_MIRRORS"] = sstate
     return env
+
+
+SSTATE_MIRROR_ENV = "CIPBUILD_SSTATE_MIRROR"
+
+
+def sstate_mirror(environ: Mapping[str, str]) -> str | None:
+    """SSTATE_MIRRORS for the store's shared sstate (`cipbuild cache push`) over HTTP, when
+    CIPBUILD_SSTATE_MIRROR names the store's prefix URL; a cache location, not a build input."""
+    url = environ.get(SSTATE_MIRROR_ENV)
+    if not url:
+        return None
+    from .cachesync import sstate_mirrors
+
+    try:
+        return sstate_mirrors(url)
+    except UserError as exc:
+        raise UserError(exc.message, where=SSTATE_MIRROR_ENV, hint=exc.hint) from None
 
 
 def inputs_of(ctx: BuildContext, job: Job, kas_text: str) -> dict[str, object]:

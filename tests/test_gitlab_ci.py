@@ -57,8 +57,8 @@ def test_shipped_recipes_make_valid_pipelines(cli: Cli, tmp_path: Path, recipe: 
     assert sorted(builds) == sorted(j["id"] for j in json.loads(plan.out)["jobs"])  # named by job id
     for name, job in tests.items():
         assert job["needs"] == [name.removeprefix("test:")]
-    for job in builds:
-        assert doc[job]["variables"] == {"CIPBUILD_JOB": job} and doc[job]["image"]
+    for build in builds:
+        assert doc[build]["variables"] == {"CIPBUILD_JOB": build} and doc[build]["image"]
     assert doc["release:index"]["stage"] == "release"
     assert f"-r {recipe}" in doc["release:index"]["script"][0]
     text = (tmp_path / PIPELINE).read_text()
@@ -98,6 +98,16 @@ def test_a_450_job_matrix_is_split_into_children_that_each_fit(cli: Cli, catalog
     needs = parent["cipbuild:children"]["needs"]
     assert needs == [{"pipeline": "$PARENT_PIPELINE_ID", "job": "cipbuild:generate"}]
     assert parent["release:index"]["stage"] == "release" and "-r big" in parent["release:index"]["script"][0]
+
+
+def test_runner_tags_come_from_the_catalogue(cli: Cli, catalog_copy: Path, tmp_path: Path) -> None:
+    distro = catalog_copy / "distros" / "isar.yml"
+    distro.write_text(distro.read_text() + 'runner_tags: [isar-builder, "{arch}-capable"]\n')
+    generate(cli, tmp_path, "--catalog", str(catalog_copy), "-r", "ci", "--tag", "large")
+    doc = load(tmp_path / PIPELINE)
+    assert doc["isar-bookworm-qemu-arm64"]["tags"] == ["isar-builder", "arm64-capable", "large"]
+    assert doc["isar-bookworm-qemu-amd64"]["tags"] == ["isar-builder", "amd64-capable", "large"]
+    assert doc["deby-buster-qemu-amd64"]["tags"] == ["large"]  # deby names none
 
 
 def test_the_whole_catalogue_generates_quickly(cli: Cli, tmp_path: Path) -> None:
@@ -142,10 +152,12 @@ def test_bad_arguments_are_one_line(cli: Cli, tmp_path: Path) -> None:
 
 def gitlab_ci_local() -> str:
     path = shutil.which("gitlab-ci-local")
-    if path is None:
-        reason = f"gitlab-ci-local missing: npm install -g gitlab-ci-local@{GITLAB_CI_LOCAL} (.ci/run does)"
-        pytest.fail(reason) if os.environ.get("CI") else pytest.skip(reason)
-    return path
+    if path is not None:
+        return path
+    reason = f"gitlab-ci-local missing: npm install -g gitlab-ci-local@{GITLAB_CI_LOCAL} (.ci/run does)"
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
 
 
 def run_pipeline(
@@ -186,15 +198,24 @@ def test_the_generated_pipeline_builds_publishes_and_releases(
     result = cli("--catalog", str(world.catalog), "ci", "gitlab", "-r", "four", "--out", str(generated),
                  "--store", store, "--ref", "master", "--no-pin")  # fmt: skip
     assert result.code == 0, result.err
+    s3.client().put_bucket_acl(Bucket=s3.bucket, ACL="public-read")  # builds read the sstate over HTTP
     variables = {
         "CIPBUILD_CATALOG": str(world.catalog),
         "CIPBUILD_MIRROR": str(world.mirror),
         "CIPBUILD_SIGNING_KEY": str(keys.good.secret),
         "CIPBUILD_KEYRING": str(keys.good.public),
         "AWS_ENDPOINT_URL": s3.endpoint,
+        "CIPBUILD_CACHE_STORE": f"{s3.url}/ci-cache",
+        "CIPBUILD_SSTATE_MIRROR": f"{s3.endpoint}/{s3.bucket}/ci-cache",
     }
     done = run_pipeline(repo, f".cipbuild-ci/{PIPELINE}", variables)
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
+    # the runners shared their caches through the store, and bitbake was given the store's sstate
+    sstate = [k for k in s3.keys("ci-cache/_cache/sstate/") if k.endswith("_do_fixture.tar.zst")]
+    assert len(sstate) == 4
+    mirror = f"SSTATE_MIRRORS=file://.* {s3.endpoint}/{s3.bucket}/ci-cache/_cache/sstate/PATH;downloadfilename=PATH"
+    logs = list(repo.glob(".gitlab-ci-local/**/out/*/build.log"))
+    assert logs and all(mirror in log.read_text() for log in logs), [log.read_text()[-500:] for log in logs]
     plan = json.loads(cli("--catalog", str(world.catalog), "plan", "-r", "four", "--json").out)
     ids = sorted(j["id"] for j in plan["jobs"])
     keys_in_store = s3.keys("cip-core/master/")

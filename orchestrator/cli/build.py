@@ -184,7 +184,7 @@ def run_builds(
     the same input digest are skipped as published."""
     import uuid
 
-    from ..buildjob import BuildContext
+    from ..buildjob import BuildContext, sstate_mirror
     from ..progress import BuildProgress
     from ..runtime import pick_runtime
     from ..scheduler import Options, Scheduler
@@ -194,6 +194,7 @@ def run_builds(
     for folder in settings.mirrors:
         if not folder.is_dir():
             raise UserError(f"mirror folder {folder} does not exist", where="--mirror")
+    sstate_mirror(os.environ)  # a bad CIPBUILD_SSTATE_MIRROR is said before anything starts
     engine = pick_runtime(settings.runtime)
     threads = max(1, len(os.sched_getaffinity(0)) // settings.jobs)  # the CPUs this process may use
     build_ctx = BuildContext(

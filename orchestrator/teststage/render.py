@@ -127,7 +127,7 @@ def _artifact(obj: PublishedObject) -> Artifact:
     return Artifact(obj.type, obj.url, obj.sha256, obj.name, COMPRESSION.get(suffix))
 
 
-def render(catalog: Catalog, record: ReleaseView, job: PublishedJob, plan_name: str) -> RenderedJob:
+def render(catalog: Catalog, record: ReleaseView | Published, job: PublishedJob, plan_name: str) -> RenderedJob:
     """The LAVA job definition that runs ``plan_name`` on ``job``; UserError when the board is
     not tested in LAVA, the plan does not apply, or the job lacks an artifact the plan needs."""
     import yaml
