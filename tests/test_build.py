@@ -4,6 +4,7 @@ fixture upstreams whose bitbake is the one accepted fake."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -230,6 +231,37 @@ def test_isar_runs_privileged_and_deby_does_not(docker_engine: str, world: World
     cap_sys_admin = 1 << 21
     assert caps("isar-bookworm-qemu-amd64") & cap_sys_admin
     assert not caps("deby-buster-qemu-amd64") & cap_sys_admin
+
+
+def test_the_engines_privileged_mode_is_probed_once_across_runs(docker_engine: str, world: World) -> None:
+    """The first privileged build finds out what the engine allows and keeps it in the cache
+    folder, by engine id and version; the next run starts its build container at once."""
+    import docker
+
+    client = docker.from_env()
+
+    def probes(since: float) -> list[str]:
+        events = client.events(since=since, until=time.time(), decode=True,
+                               filters={"type": "container", "event": "create"})  # fmt: skip
+        return [e["Actor"]["Attributes"].get("name", "") for e in events
+                if e["Actor"]["Attributes"].get("name", "").startswith("cipbuild-probe-")]  # fmt: skip
+
+    started = time.time()
+    first = world.build("isar-bookworm-qemu-amd64", "--json")
+    assert first.returncode == 0, first.stderr
+    assert len(probes(started)) == 1
+    info = client.info()
+    memory = json.loads((world.cache / "engines.json").read_text())
+    assert memory[f"docker {info['ID']} {info['ServerVersion']}"]["privileged"] in ("full", "substitute")
+
+    again = time.time()
+    second = world.build("isar-bookworm-qemu-amd64", "--json", "--force")
+    assert second.returncode == 0, second.stderr
+    assert probes(again) == []  # remembered: no probe container this time
+    cap_sys_admin = 1 << 21
+    line = next(x for x in (world.out / "isar-bookworm-qemu-amd64" / "build.log").read_text().splitlines()
+                if "CapBnd" in x)  # fmt: skip
+    assert int(line.split()[-1], 16) & cap_sys_admin  # and still privileged
 
 
 def test_missing_builder_image_is_an_infrastructure_error(docker_engine: str, world: World) -> None:

@@ -187,6 +187,7 @@ def run_builds(
     from ..buildjob import BuildContext, sstate_mirror
     from ..progress import BuildProgress
     from ..runtime import pick_runtime
+    from ..runtime.docker import DockerRuntime
     from ..scheduler import Options, Scheduler
     from ..signing import sign_job
     from ..status import Status
@@ -196,6 +197,8 @@ def run_builds(
             raise UserError(f"mirror folder {folder} does not exist", where="--mirror")
     sstate_mirror(os.environ)  # a bad CIPBUILD_SSTATE_MIRROR is said before anything starts
     engine = pick_runtime(settings.runtime)
+    if isinstance(engine, DockerRuntime):
+        engine.remember_in(settings.cache.resolve())  # what it refuses, probed once across runs
     threads = max(1, len(os.sched_getaffinity(0)) // settings.jobs)  # the CPUs this process may use
     build_ctx = BuildContext(
         cat,

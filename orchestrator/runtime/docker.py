@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import threading
 from collections.abc import Iterator
@@ -31,6 +32,12 @@ CLI_FLAG = {
 # --privileged would also give the host's /dev (loop devices for disk images)
 HOST_DEV = Path("/dev")
 FULL, SUBSTITUTE = "full", "substitute"
+ENGINES = "engines.json"  # in the cache folder: what each engine (by id and version) refused
+
+
+def _refused(exc: Exception) -> bool:
+    """Whether the engine refused --privileged itself (a sandbox that withholds a capability)."""
+    return "apply caps" in str(exc) or "operation not permitted" in str(exc).lower()
 
 
 def _engine_error(exc: Exception) -> InfrastructureError:
@@ -95,6 +102,44 @@ class DockerRuntime:
         self._client: Any = None
         self._privileged_mode: str | None = None
         self._probe = threading.Lock()
+        self._memory: Path | None = None
+
+    def remember_in(self, folder: Path) -> None:
+        """Keep what the engine refuses in ``folder`` (the cache), so later runs do not probe again."""
+        self._memory = folder / ENGINES
+
+    def _engine_key(self) -> str:
+        info = self.client.info()
+        return f"docker {info.get('ID', '?')} {info.get('ServerVersion', '?')}"
+
+    def _recall(self) -> str | None:
+        if self._memory is None:
+            return None
+        try:
+            known = json.loads(self._memory.read_text(encoding="utf-8"))
+            mode = known[self._engine_key()]["privileged"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return mode if mode in (FULL, SUBSTITUTE) else None
+
+    def _memorise(self, mode: str | None) -> None:
+        """Record (or, with None, forget) this engine's privileged mode; best effort."""
+        if self._memory is None:
+            return
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            try:
+                known = json.loads(self._memory.read_text(encoding="utf-8"))
+            except FileNotFoundError:
+                known = {}
+            key = self._engine_key()
+            if mode is None:
+                known.pop(key, None)
+            else:
+                known[key] = {"privileged": mode}
+            self._memory.parent.mkdir(parents=True, exist_ok=True)
+            partial = self._memory.with_name(f".{ENGINES}.{os.getpid()}.partial")
+            partial.write_text(json.dumps(known, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+            os.replace(partial, self._memory)
 
     @property
     def client(self) -> Any:
@@ -152,10 +197,13 @@ class DockerRuntime:
 
     def privileged_mode(self, image: str | None) -> str:
         """How this engine runs privileged containers: FULL (--privileged), or SUBSTITUTE where a
-        sandbox refuses that. Found out once per engine, with a container that does nothing."""
+        sandbox refuses that. Found out once per engine, with a container that does nothing, and
+        remembered across runs where ``remember_in`` says."""
         import docker.errors
 
         with self._probe:
+            if self._privileged_mode is None:
+                self._privileged_mode = self._recall()
             if self._privileged_mode is None:
                 name = f"cipbuild-probe-{os.getpid()}-{threading.get_ident()}"
                 try:
@@ -166,12 +214,13 @@ class DockerRuntime:
                     self._privileged_mode = FULL
                 except docker.errors.APIError as exc:
                     self._remove_named(name)
-                    if "apply caps" not in str(exc) and "operation not permitted" not in str(exc).lower():
+                    if not _refused(exc):
                         raise _engine_error(exc) from None
                     self._privileged_mode = SUBSTITUTE
                 except Exception as exc:
                     self._remove_named(name)
                     raise _engine_error(exc) from None
+                self._memorise(self._privileged_mode)
             return self._privileged_mode
 
     def _as_run_here(self, spec: RunSpec) -> tuple[RunSpec, dict[str, Any]]:
@@ -191,6 +240,10 @@ class DockerRuntime:
         return flags + run_target(spec)
 
     def start(self, spec: RunSpec) -> DockerHandle:
+        return self._start(spec, again=True)
+
+    def _start(self, spec: RunSpec, *, again: bool) -> DockerHandle:
+        original = spec
         spec, privileges = self._as_run_here(spec)
         kwargs: dict[str, Any] = {
             "command": list(spec.argv),
@@ -217,6 +270,11 @@ class DockerRuntime:
             self._remove_named(kwargs.get("name"))
             if isinstance(exc, InfrastructureError):
                 raise
+            if again and privileges.get("privileged") and _refused(exc):  # what was remembered no longer holds
+                with self._probe:
+                    self._privileged_mode = None
+                    self._memorise(None)
+                return self._start(original, again=False)
             raise _engine_error(exc) from None
 
     def _remove_named(self, name: str | None) -> None:
