@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import io
 import os
 import re
 import secrets
@@ -51,12 +52,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, BinaryIO, Literal, Protocol
 from urllib.parse import urlsplit
 
 from .cancel import CancelToken
 from .errors import InfrastructureError, InterruptError, UserError, VerificationError
-from .store import LocalStore, Store, check_key
+from .store import LocalStore, S3Store, Store, check_key
+from .store.s3 import META
 
 Direction = Literal["push", "pull"]
 Area = Literal["downloads", "sstate"]
@@ -753,21 +755,9 @@ def _fetch_one(run: _Run, entry: Entry, area_fd: int) -> str:
     """Fetch, check and install one file: "installed", "appeared" (the name was taken meanwhile),
     "conflicts" (no folder can be made for it), "vanished" (gone from the store) or "refused"."""
     parts = entry.name.split("/")
-    want = entry.sha256
-    last: str | None = None  # the sha256 the object was stored with when its content last differed
+    differed = False
     for attempt in range(1, ATTEMPTS + 1):
         run.token.check()
-        if entry.area == "sstate" and (want is None or last is not None):
-            run.tally.count("head")
-            found = run.store.head(entry.key)
-            if found is None:
-                return "vanished"
-            if found.sha256 is None or not _SHA256.fullmatch(found.sha256):
-                return _refuse(run, entry, "it carries no sha256 (it was not sent by `cipbuild cache push`)")
-            if found.sha256 == last:
-                return _refuse(run, entry, f"its content is not the sha256 {last} it is stored with")
-            want = found.sha256
-        assert want is not None
         received = 0
 
         def progress(count: int) -> None:
@@ -781,7 +771,7 @@ def _fetch_one(run: _Run, entry: Entry, area_fd: int) -> str:
             return "conflicts"
         try:
             run.tally.count("get")
-            actual, size, installed = _receive(run, entry.key, folder, parts[-1], want, progress)
+            want, actual, size, installed = _receive(run, entry, folder, parts[-1], progress)
         except KeyError:
             return "vanished"
         except _ConflictError:
@@ -794,19 +784,21 @@ def _fetch_one(run: _Run, entry: Entry, area_fd: int) -> str:
             continue
         finally:
             os.close(folder)
+        if want is None:
+            return _refuse(run, entry, "it carries no sha256 (it was not sent by `cipbuild cache push`)")
         if actual != want:
             run.watcher.advance(entry, -received)
-            if entry.area == "sstate":
-                last = want  # rewritten by another push meanwhile, or damaged: ask the store again
+            if not differed:  # a folder store's object replaced while read: once more
+                differed = True
                 continue
-            return _refuse(run, entry, f"its content has sha256 {actual}, not the {want} it is stored under")
+            return _refuse(run, entry, f"its content has sha256 {actual}, not the {want} it is stored with")
         if not installed:
             return "appeared"
         with run.tally.lock:
             run.tally.moved_objects += 1
             run.tally.moved_bytes += size
         return "installed"
-    return _refuse(run, entry, "its content kept changing while it was read")
+    raise AssertionError("unreachable")
 
 
 def _refuse(run: _Run, entry: Entry, reason: str) -> str:
@@ -815,39 +807,88 @@ def _refuse(run: _Run, entry: Entry, reason: str) -> str:
     return "refused"
 
 
+def _source(store: Store, entry: Entry) -> tuple[BinaryIO, str | None]:
+    """The object's content and the sha256 it must have. A download's is its key; an sstate
+    object's is its metadata, which S3 answers with the content itself (no HEAD first, and no
+    content of one push with the sha256 of another)."""
+    if entry.area == "downloads" or (entry.sha256 is not None and not isinstance(store, S3Store)):
+        return store.open(entry.key), entry.sha256
+    if not isinstance(store, S3Store):
+        found = store.head(entry.key)
+        if found is None:
+            raise KeyError(entry.key)
+        return store.open(entry.key), found.sha256
+    try:
+        answer = store.client.get_object(Bucket=store.bucket, Key=store.key(entry.key))
+    except Exception as exc:
+        code = getattr(exc, "response", {}).get("Error", {}).get("Code")
+        if code in ("404", "NoSuchKey", "NotFound"):
+            raise KeyError(entry.key) from None
+        raise store.error(exc, f"reading {entry.key}") from None
+    sha256 = answer.get("Metadata", {}).get(META)
+    body = io.BufferedReader(_Body(store, entry.key, answer["Body"]), buffer_size=CHUNK)
+    return body, sha256 if isinstance(sha256, str) else None
+
+
+class _Body(io.RawIOBase):
+    """An S3 GET's streaming body whose failures are cipbuild's errors."""
+
+    def __init__(self, store: S3Store, key: str, body: Any):
+        self.store = store
+        self.key = key
+        self.body = body
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        try:
+            data = self.body.read(len(buffer))
+        except Exception as exc:
+            raise self.store.error(exc, f"reading {self.key}") from None
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self.body.close()
+        super().close()
+
+
 def _receive(
-    run: _Run, key: str, folder: int, name: str, want: str, progress: Callable[[int], None]
-) -> tuple[str, int, bool]:
+    run: _Run, entry: Entry, folder: int, name: str, progress: Callable[[int], None]
+) -> tuple[str | None, str, int, bool]:
     """Write the object to a temporary file in ``folder``, then link it to ``name`` when its sha256 is
-    ``want`` and the name is still free: (its sha256, its size, whether it was installed)."""
-    temp = PULL_TEMP + secrets.token_hex(8)
-    try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666, dir_fd=folder)
-    except OSError as exc:
-        raise InfrastructureError(f"cannot write in the cache: {exc.strerror or exc}") from None
-    try:
-        digest = hashlib.sha256()
-        size = 0
-        with os.fdopen(fd, "wb") as out, run.store.open(key) as source:
-            while data := source.read(CHUNK):
-                run.token.check()
-                digest.update(data)
-                out.write(data)
-                size += len(data)
-                progress(len(data))
-            out.flush()
-            os.fsync(out.fileno())
-        actual = digest.hexdigest()
-        if actual != want:
-            return actual, size, False
-        return actual, size, _install(folder, temp, name)
-    except OSError as exc:
-        if exc.errno in (errno.ENAMETOOLONG, errno.EINVAL, errno.EILSEQ, errno.EISDIR):
-            raise _ConflictError(str(exc)) from None
-        raise InfrastructureError(f"cannot fetch {key} into the cache: {exc.strerror or exc}") from None
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(temp, dir_fd=folder)
+    the one it must have and the name is still free: (that sha256, its sha256, its size, whether
+    it was installed)."""
+    source, want = _source(run.store, entry)
+    with source:
+        if want is None or not _SHA256.fullmatch(want):
+            return None, "", 0, False
+        temp = PULL_TEMP + secrets.token_hex(8)
+        try:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            with os.fdopen(os.open(temp, flags, 0o666, dir_fd=folder), "wb") as out:
+                digest = hashlib.sha256()
+                size = 0
+                while data := source.read(CHUNK):
+                    run.token.check()
+                    digest.update(data)
+                    out.write(data)
+                    size += len(data)
+                    progress(len(data))
+                out.flush()
+                os.fsync(out.fileno())
+            actual = digest.hexdigest()
+            if actual != want:
+                return want, actual, size, False
+            return want, actual, size, _install(folder, temp, name)
+        except OSError as exc:
+            if exc.errno in (errno.ENAMETOOLONG, errno.EINVAL, errno.EILSEQ, errno.EISDIR):
+                raise _ConflictError(str(exc)) from None
+            raise InfrastructureError(f"cannot write {entry.name} in the cache: {exc.strerror or exc}") from None
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(temp, dir_fd=folder)
 
 
 def _install(folder: int, temp: str, name: str) -> bool:

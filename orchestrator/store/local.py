@@ -70,7 +70,6 @@ class LocalStore:
         with open(path, "rb") as source:
             reader = HashingReader(source, size, sha256, path)
             self._write(target, sha256, lambda out: self._copy(reader, out, progress))
-            reader.finish()
 
     def put_bytes(self, key: str, data: bytes, *, content_type: str) -> None:
         self._write(self.path(key), hashlib.sha256(data).hexdigest(), lambda out: out.write(data))
@@ -84,8 +83,8 @@ class LocalStore:
                     fill(out)  # type: ignore[operator]
                     out.flush()
                     os.fsync(out.fileno())
+                    _set_sha256(out.fileno(), sha256)  # on the file itself: a rename by another writer cannot swap it
                 os.replace(partial, target)
-                _set_sha256(target, sha256)
             finally:
                 partial.unlink(missing_ok=True)
             dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
@@ -102,6 +101,7 @@ class LocalStore:
                 raise InterruptError("interrupted")
             out.write(data)
             progress(len(data))
+        reader.finish()  # before the rename: a file that changed since it was signed never lands
 
     def open(self, key: str) -> BinaryIO:
         try:
@@ -148,9 +148,9 @@ def _stamp(info: os.stat_result) -> str:
     return f"{info.st_size}:{info.st_mtime_ns}"
 
 
-def _set_sha256(path: Path, sha256: str) -> None:
+def _set_sha256(fd: int, sha256: str) -> None:
     with contextlib.suppress(OSError):  # no user xattrs here: head() hashes instead
-        os.setxattr(path, XATTR, f"{sha256} {_stamp(os.stat(path))}".encode(), follow_symlinks=False)
+        os.setxattr(fd, XATTR, f"{sha256} {_stamp(os.fstat(fd))}".encode())
 
 
 def _xattr(path: Path) -> str | None:
