@@ -172,6 +172,17 @@ def run_pipeline(
     )
 
 
+def runner_variables(world: World, keys: Keys, s3: S3Bucket) -> dict[str, str]:  # noqa: F811
+    """The CI/CD variables a project sets for the generated pipeline (the fixture world's)."""
+    return {
+        "CIPBUILD_CATALOG": str(world.catalog),
+        "CIPBUILD_MIRROR": str(world.mirror),
+        "CIPBUILD_SIGNING_KEY": str(keys.good.secret),
+        "CIPBUILD_KEYRING": str(keys.good.public),
+        "AWS_ENDPOINT_URL": s3.endpoint,
+    }
+
+
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
     """A project work tree, as a runner checks it out."""
@@ -200,11 +211,7 @@ def test_the_generated_pipeline_builds_publishes_and_releases(
     assert result.code == 0, result.err
     s3.client().put_bucket_acl(Bucket=s3.bucket, ACL="public-read")  # builds read the sstate over HTTP
     variables = {
-        "CIPBUILD_CATALOG": str(world.catalog),
-        "CIPBUILD_MIRROR": str(world.mirror),
-        "CIPBUILD_SIGNING_KEY": str(keys.good.secret),
-        "CIPBUILD_KEYRING": str(keys.good.public),
-        "AWS_ENDPOINT_URL": s3.endpoint,
+        **runner_variables(world, keys, s3),
         "CIPBUILD_CACHE_STORE": f"{s3.url}/ci-cache",
         "CIPBUILD_SSTATE_MIRROR": f"{s3.endpoint}/{s3.bucket}/ci-cache",
     }
@@ -247,13 +254,7 @@ def test_a_failing_build_fails_the_pipeline_and_no_release_appears(
     result = cli("--catalog", str(world.catalog), "ci", "gitlab", *jobs, "--out", str(generated),
                  "--store", store, "--ref", "broken", "--no-pin")  # fmt: skip
     assert result.code == 0, result.err
-    variables = {
-        "CIPBUILD_CATALOG": str(world.catalog),
-        "CIPBUILD_MIRROR": str(world.mirror),
-        "CIPBUILD_SIGNING_KEY": str(keys.good.secret),
-        "CIPBUILD_KEYRING": str(keys.good.public),
-        "AWS_ENDPOINT_URL": s3.endpoint,
-    }
+    variables = runner_variables(world, keys, s3)
     done = run_pipeline(repo, f".cipbuild-ci/{PIPELINE}", variables)
     assert done.returncode != 0, done.stdout[-3000:]
     stored = s3.keys("cip-core/broken/")

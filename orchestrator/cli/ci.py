@@ -12,6 +12,7 @@ import typer
 from ..errors import UserError
 from ..output import print_json, print_line, print_table
 from .app import ImageOpt, JsonOpt, Request, app, context, selects_jobs
+from .publish import RefOpt
 
 ci_app = typer.Typer(help="CI at scale: pipelines generated from the matrix.", no_args_is_help=True)
 app.add_typer(ci_app, name="ci")
@@ -34,15 +35,7 @@ def ci_gitlab(
             help="Where the jobs publish and the release is assembled; by default the CI variable CIPBUILD_STORE.",
         ),
     ] = "$CIPBUILD_STORE",
-    ref: Annotated[
-        str | None,
-        typer.Option(
-            "--ref",
-            metavar="REF",
-            help="The release's name in the store [default: CI_COMMIT_TAG, CI_COMMIT_REF_SLUG, the git branch].",
-            show_default=False,
-        ),
-    ] = None,
+    ref: RefOpt = None,
     max_jobs: Annotated[
         int,
         typer.Option(

@@ -22,6 +22,16 @@ StoreOpt = Annotated[
         help="Where releases go: s3://bucket/prefix, file:///path or a folder [env var: CIPBUILD_STORE].",
     ),
 ]
+RefOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ref",
+        metavar="REF",
+        help="The release's name in the store: <prefix>/<REF>/ [default: CI_COMMIT_TAG, CI_COMMIT_REF_SLUG, "
+        "the git branch, else local].",
+        show_default=False,
+    ),
+]
 EndpointOpt = Annotated[
     str | None,
     typer.Option(
@@ -38,16 +48,7 @@ def publish(
     ctx: typer.Context,
     out: Annotated[Path, typer.Argument(help="The signed release: the folder `build` and `sign` wrote.")] = Path("out"),
     to: StoreOpt = "publish",
-    ref: Annotated[
-        str | None,
-        typer.Option(
-            "--ref",
-            metavar="REF",
-            help="The release's name in the store: <prefix>/<REF>/ [default: CI_COMMIT_TAG, CI_COMMIT_REF_SLUG, "
-            "the git branch, else local].",
-            show_default=False,
-        ),
-    ] = None,
+    ref: RefOpt = None,
     layout: Annotated[
         str,
         typer.Option(

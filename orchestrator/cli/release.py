@@ -13,7 +13,7 @@ from ..output import print_json, print_line, print_table
 from ..status import Status
 from .app import CacheOpt, ImageOpt, JsonOpt, Request, RuntimeOpt, app, context, selects_jobs
 from .build import BuildSettings, run_builds
-from .publish import EndpointOpt, StoreOpt
+from .publish import EndpointOpt, RefOpt, StoreOpt
 
 if TYPE_CHECKING:
     from ..buildjob import BuildResult
@@ -40,16 +40,7 @@ def release(
     ctx: typer.Context,
     request: Request,
     to: StoreOpt = "publish",
-    ref: Annotated[
-        str | None,
-        typer.Option(
-            "--ref",
-            metavar="REF",
-            help="The release's name in the store [default: CI_COMMIT_TAG, CI_COMMIT_REF_SLUG, the git branch, "
-            "else local].",
-            show_default=False,
-        ),
-    ] = None,
+    ref: RefOpt = None,
     endpoint_url: EndpointOpt = None,
     lava_url: Annotated[
         str | None,
