@@ -30,6 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from publish import aws_env  # noqa: E402  (bench/publish.py: admin credentials, no AWS config)
+
 CIPBUILD = [sys.executable, "-m", "orchestrator"]
 MIB = 1 << 20
 
@@ -86,21 +88,6 @@ def make_cache(root: Path, small: int, large: int, large_size: int, seed: int = 
         count += 1
         size += large_size
     return count, size
-
-
-def aws_env(scratch: Path) -> dict[str, str]:
-    from s3fixtures import ADMIN
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    absent = scratch / "no-aws-config"
-    env.update(
-        AWS_ACCESS_KEY_ID=ADMIN.access_key,
-        AWS_SECRET_ACCESS_KEY=ADMIN.secret_key,
-        AWS_DEFAULT_REGION="us-east-1",
-        AWS_CONFIG_FILE=str(absent / "config"),
-        AWS_SHARED_CREDENTIALS_FILE=str(absent / "credentials"),
-    )
-    return env
 
 
 def run(argv: list[str], env: dict[str, str]) -> tuple[float, str]:

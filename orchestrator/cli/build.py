@@ -35,6 +35,21 @@ if TYPE_CHECKING:
     from ..signing import Signer
 
 
+OutOpt = Annotated[
+    Path, typer.Option("--out", envvar="CIPBUILD_OUT", metavar="DIR", help="Where each job's folder goes.")
+]
+MirrorOpt = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--mirror",
+        envvar="CIPBUILD_MIRROR",
+        metavar="DIR",
+        help="Folder of local git mirrors named like the upstream repos (repeatable; the env var takes "
+        "several, separated by spaces).",
+    ),
+]
+
+
 @app.command()
 @selects_jobs
 def build(
@@ -54,20 +69,9 @@ def build(
         ),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Rebuild even when a job's inputs are unchanged.")] = False,
-    out: Annotated[
-        Path, typer.Option("--out", envvar="CIPBUILD_OUT", metavar="DIR", help="Where each job's folder goes.")
-    ] = Path("out"),
+    out: OutOpt = Path("out"),
     cache: CacheOpt = Path("cache"),
-    mirror: Annotated[
-        list[Path] | None,
-        typer.Option(
-            "--mirror",
-            envvar="CIPBUILD_MIRROR",
-            metavar="DIR",
-            help="Folder of local git mirrors named like the upstream repos (repeatable; the env var takes "
-            "several, separated by spaces).",
-        ),
-    ] = None,
+    mirror: MirrorOpt = None,
     sign: Annotated[
         bool,
         typer.Option(

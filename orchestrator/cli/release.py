@@ -12,12 +12,18 @@ from ..errors import CipbuildError, UserError
 from ..output import print_json, print_line, print_table
 from ..status import Status
 from .app import CacheOpt, ImageOpt, JsonOpt, Request, RuntimeOpt, app, context, selects_jobs
-from .build import BuildSettings, run_builds
+from .build import BuildSettings, MirrorOpt, OutOpt, run_builds
 from .publish import EndpointOpt, RefOpt, StoreOpt
 
 if TYPE_CHECKING:
     from ..buildjob import BuildResult
+    from ..cancel import CancelToken
+    from ..catalog import Catalog
+    from ..matrix import Job
     from ..publish import Published, Tally
+    from ..signing import Signer
+    from ..store import Store
+    from ..teststage.run import TestRun
 
 
 @dataclass
@@ -53,14 +59,9 @@ def release(
     ] = None,
     runtime: RuntimeOpt = "auto",
     image: ImageOpt = None,
-    out: Annotated[
-        Path, typer.Option("--out", envvar="CIPBUILD_OUT", metavar="DIR", help="Where each job's folder goes.")
-    ] = Path("out"),
+    out: OutOpt = Path("out"),
     cache: CacheOpt = Path("cache"),
-    mirror: Annotated[
-        list[Path] | None,
-        typer.Option("--mirror", envvar="CIPBUILD_MIRROR", metavar="DIR", help="Folder of local git mirrors."),
-    ] = None,
+    mirror: MirrorOpt = None,
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Jobs to build at once.")] = 1,
     key_id: Annotated[
         str | None,
@@ -141,11 +142,11 @@ def release(
 
 
 def _assemble_if_complete(
-    store: Any,
+    store: Store,
     ref: str,
-    signer: Any,
-    token: Any,
-    chosen: list[Any],
+    signer: Signer,
+    token: CancelToken,
+    chosen: list[Job],
     results: list[BuildResult],
     lines: dict[str, JobLine],
     latest: str | None,
@@ -162,7 +163,7 @@ def _assemble_if_complete(
         return None, f"not assembled: {exc}"
 
 
-def _test(cat: Any, lava_url: str, record: Published, results: Path, lines: dict[str, JobLine]) -> list[Any]:
+def _test(cat: Catalog, lava_url: str, record: Published, results: Path, lines: dict[str, JobLine]) -> list[TestRun]:
     from ..teststage.lava import Lava
     from ..teststage.render import ReleaseView
     from ..teststage.run import Options
@@ -177,7 +178,7 @@ def _test(cat: Any, lava_url: str, record: Published, results: Path, lines: dict
 
 
 def _outcomes(
-    results: list[BuildResult], lines: dict[str, JobLine], summary: Tally | str, tests: list[Any]
+    results: list[BuildResult], lines: dict[str, JobLine], summary: Tally | str, tests: list[TestRun]
 ) -> list[tuple[str, Status]]:
     """Every step's outcome, for the exit code of the worst."""
     outcome = [(f"build {r.job.id}", r.status) for r in results]
