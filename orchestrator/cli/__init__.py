@@ -17,7 +17,7 @@ from .app import app
 __all__ = ["app", "main"]
 
 # Each module registers its verbs on ``app``; `cipbuild --help` lists them in this order.
-VERB_GROUPS = ("catalogue", "build", "trust", "publish", "cache", "test", "boot", "ci", "release")
+VERB_GROUPS = ("catalogue", "build", "image", "trust", "publish", "cache", "test", "boot", "ci", "release")
 for _group in VERB_GROUPS:
     importlib.import_module(f".{_group}", __name__)
 
