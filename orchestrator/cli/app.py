@@ -184,5 +184,8 @@ def _request(given: dict[str, Any]) -> Request:
 
 
 def builder_images(cat: Catalog, image: str | None) -> dict[str, str]:
-    """Build system -> builder image: --image for all, else each distro's own."""
-    return {d.build_system: image or d.builder for d in cat.distros.values()}
+    """Build system -> builder image: --image for all, else each distro's own, pinned by digest
+    where the catalogue's images.lock.yml pins it."""
+    from ..imagepins import apply_pins
+
+    return apply_pins(cat.root, {d.build_system: image or d.builder for d in cat.distros.values()})

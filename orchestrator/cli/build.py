@@ -189,6 +189,7 @@ def run_builds(
     import uuid
 
     from ..buildjob import BuildContext, sstate_mirror
+    from ..imagepins import verify_pins
     from ..progress import BuildProgress
     from ..runtime import pick_runtime
     from ..runtime.docker import DockerRuntime
@@ -201,6 +202,8 @@ def run_builds(
             raise UserError(f"mirror folder {folder} does not exist", where="--mirror")
     sstate_mirror(os.environ)  # a bad CIPBUILD_SSTATE_MIRROR is said before anything starts
     engine = pick_runtime(settings.runtime)
+    images = builder_images(cat, settings.image)
+    verify_pins(engine.name, images)  # a builder whose digest is not its pin is refused before any job
     if isinstance(engine, DockerRuntime):
         engine.remember_in(settings.cache.resolve())  # what it refuses, probed once across runs
     threads = max(1, len(os.sched_getaffinity(0)) // settings.jobs)  # the CPUs this process may use
@@ -209,7 +212,7 @@ def run_builds(
         engine,
         settings.out.resolve(),
         settings.cache.resolve(),
-        builder_images(cat, settings.image),
+        images,
         uuid.uuid4().hex[:8],
         threads=threads,
         mirrors=tuple(m.resolve() for m in settings.mirrors),
