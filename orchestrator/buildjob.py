@@ -40,7 +40,7 @@ from .runtime import LABEL, RunSpec, Runtime, build_user
 from .status import Status
 
 METADATA_SCHEMA = 1
-TASK_LINE = re.compile(r"Running (?:setscene )?task (\d+) of (\d+)")
+TASK_LINE = re.compile(r"Running (?:setscene )?task (\d+) of (\d+)(?: \((.+)\))?")
 EPOCH_LINE = re.compile(r"^cipbuild: SOURCE_DATE_EPOCH=(\d+)$")
 # run.sh says when it fetches the upstreams (`kas dump --lock` clones them), so that a repository
 # kas could not get then is told apart from a failed build.
@@ -445,6 +445,14 @@ def job_metadata(ctx: BuildContext, job: Job, inputs: dict[str, object], digest:
 
 
 Progress = Callable[[str, int, int], None]  # job id, task done, tasks total
+Said = Callable[[str, str, str], None]  # job id, bitbake's current task, the log's last line
+
+
+def task_name(where: str) -> str:
+    """'recipe do_task' of bitbake's '(/path/recipe_1.0.bb:do_task)' (virtual: and mc: prefixes kept)."""
+    recipe, _, task = where.rpartition(":")
+    name = recipe.rsplit("/", 1)[-1].removesuffix(".bb")
+    return f"{name.split('_', 1)[0]} {task}".strip() if recipe else where
 
 
 def run_build(
@@ -455,6 +463,7 @@ def run_build(
     token: CancelToken,
     progress: Progress,
     attempt: int = 1,
+    said: Said | None = None,
 ) -> BuildResult:
     """Build one job; never raises for a failed build. Whatever goes wrong after its container
     started, the container is stopped and metadata.json says what happened; a cancelled ``token``
@@ -475,7 +484,9 @@ def run_build(
     started = time.monotonic()
     result = BuildResult(job, Status.FAILED, job_dir, inputs_digest=digest)
     try:
-        ran = execute(ctx, spec, token, log_header(ctx, job, spec, command, attempt), LogReader(ctx, job, progress))
+        ran = execute(
+            ctx, spec, token, log_header(ctx, job, spec, command, attempt), LogReader(ctx, job, progress, said)
+        )
     except InfrastructureError as exc:
         result.status, result.error = Status.INFRA_ERROR, str(exc)
     except Exception as exc:  # a bug of ours: the build is lost, not the other builds
@@ -544,8 +555,10 @@ class LogReader:
     ctx: BuildContext
     job: Job
     progress: Progress
+    said: Said | None = None
     epoch: int | None = None
     last_line: str = ""
+    task: str = ""
     fetch: FetchWatch = field(init=False)
 
     def __post_init__(self) -> None:
@@ -555,9 +568,12 @@ class LogReader:
         self.fetch.see(line)
         self.last_line = line.strip() or self.last_line
         if match := TASK_LINE.search(line):
+            self.task = task_name(match[3]) if match[3] else self.task
             self.progress(self.job.id, int(match[1]), int(match[2]))
         elif match := EPOCH_LINE.match(line):
             self.epoch = int(match[1])
+        if self.said is not None:
+            self.said(self.job.id, self.task, self.last_line)
 
 
 @dataclass(frozen=True)
@@ -617,7 +633,8 @@ def _open_log(path: Path) -> Any:
     if path.is_symlink() or path.is_dir():
         raise InfrastructureError(f"{path} is not a regular file: remove it")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-    return os.fdopen(fd, "w", encoding="utf-8", errors="replace")
+    # line-buffered: `tail -f build.log` follows the build as it runs
+    return os.fdopen(fd, "w", encoding="utf-8", errors="replace", buffering=1)
 
 
 def finish(job_dir: Path, meta: dict[str, Any], result: BuildResult) -> None:

@@ -46,6 +46,7 @@ class BuildProgress:
         self.started: dict[str, float] = {}
         self.ended: dict[str, float] = {}
         self.tasks: dict[str, tuple[int, int]] = {}
+        self.now: dict[str, tuple[str, str]] = {}  # job id -> bitbake's current task, the log's last line
         self.lock = threading.Lock()
         self._live: Any = None
 
@@ -88,6 +89,11 @@ class BuildProgress:
         if not self.live and (previous is None or done * 10 // total != previous[0] * 10 // max(previous[1], 1)):
             self._line(f"{job_id}: task {done} of {total}")
 
+    def said(self, job_id: str, task: str, line: str) -> None:
+        """What the job's log says now: shown in the live table (CI logs have build.log itself)."""
+        with self.lock:
+            self.now[job_id] = (task, line)
+
     def elapsed(self, job_id: str) -> float:
         start = self.started.get(job_id)
         if start is None:
@@ -100,20 +106,24 @@ class BuildProgress:
             self.stream.flush()
 
     def _table(self) -> Any:
+        from rich.markup import escape
         from rich.table import Table
 
         table = Table(box=None, header_style="bold")
         for col in ("job", "state", "elapsed", "bitbake"):
             table.add_column(col)
+        table.add_column("now", no_wrap=True, overflow="ellipsis", max_width=60, style="dim")
         with self.lock:
             for job_id, state in self.state.items():
                 done, total = self.tasks.get(job_id, (0, 0))
                 style, label = STYLE.get(state, ""), self.label(state)
+                task, line = self.now.get(job_id, ("", "")) if state == Status.RUNNING else ("", "")
                 table.add_row(
                     job_id,
                     f"[{style}]{label}[/]" if style else label,
                     f"{self.elapsed(job_id):5.0f}s" if job_id in self.started else "",
-                    f"task {done} of {total}" if total else "",
+                    (f"task {done} of {total}" if total else "") + (f" {task}" if task else ""),
+                    escape(line),
                 )
         return table
 

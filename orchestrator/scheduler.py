@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
-from .buildjob import BuildContext, BuildResult, check_folders, mark_interrupted, paths, prepare, run_build
+from .buildjob import BuildContext, BuildResult, Said, check_folders, mark_interrupted, paths, prepare, run_build
 from .cancel import CancelToken, signals_cancel
 from .errors import InfrastructureError, InterruptError
 from .matrix import Job
@@ -41,11 +41,13 @@ class Scheduler:
         on_progress: Callable[[str, int, int], None],
         token: CancelToken | None = None,
         after_job: Callable[[BuildResult], None] | None = None,
+        on_said: Said | None = None,
     ):
         self.ctx = ctx
         self.opts = opts
         self.on_event = on_event
         self.on_progress = on_progress
+        self.on_said = on_said  # bitbake's current task and the log's last line, as they come
         self.after_job = after_job  # called on this thread with each job's final result (e.g. to sign it)
         self.token = token or CancelToken()
         self.retry = Retry(opts.retries)
@@ -164,7 +166,9 @@ class Scheduler:
 
         def attempt(number: int) -> BuildResult:
             self.on_event(job.id, Status.RUNNING, "" if number == 1 else "retry after infrastructure error")
-            return run_build(self.ctx, job, inputs, digest, self.token, self.on_progress, attempt=number)
+            return run_build(
+                self.ctx, job, inputs, digest, self.token, self.on_progress, attempt=number, said=self.on_said
+            )
 
         try:
             result = self.retry.run(attempt, self.token, infra=lambda r: r.status == Status.INFRA_ERROR)

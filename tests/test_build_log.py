@@ -130,3 +130,25 @@ def test_reproducer_is_written_once_before_the_run_and_is_what_ran(docker_engine
     else:
         assert option_values(words, "--cap-add") == host["CapAdd"] == ["ALL"]
         assert option_values(words, "--cap-drop") == host["CapDrop"]
+
+
+def test_build_log_is_written_as_the_build_runs(docker_engine: str, world: World) -> None:
+    """`tail -f build.log` follows a build: bitbake's first task is on disk while the build is
+    still running (the fixture sleeps 20 s after each task line)."""
+    job = "isar-bookworm-qemu-amd64-slow"
+    proc = world.start(job)
+    log = world.out / job / "build.log"
+    try:
+        world.wait_for(job, "running")
+        deadline = time.monotonic() + 60
+        while "NOTE: Running task 1 of 4" not in (log.read_text() if log.exists() else ""):
+            assert time.monotonic() < deadline, log.read_text() if log.exists() else "no build.log"
+            time.sleep(0.2)
+        assert world.metadata(job)["status"] == "running"
+        assert "NOTE: Running task 2 of 4" not in log.read_text()  # not written at the end, all at once
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130

@@ -230,7 +230,9 @@ def run_builds(
                 after_signed(result)
 
     with BuildProgress([j.id for j in chosen]) as progress:
-        run.results = Scheduler(build_ctx, opts, progress.event, progress.task, after_job=sign_built).run(chosen)
+        run.results = Scheduler(
+            build_ctx, opts, progress.event, progress.task, after_job=sign_built, on_said=progress.said
+        ).run(chosen)
     return run
 
 
