@@ -33,6 +33,7 @@ from .artifacts import Artifact, collect, rules_for
 from .builder import ENTRYPOINT
 from .cancel import CancelToken
 from .catalog import Catalog
+from .diskuse import remove_tree, usage
 from .errors import InfrastructureError, UserError
 from .kasfile import job_facts, job_record, render, repos_of
 from .matrix import Job
@@ -85,6 +86,7 @@ class BuildContext:
     threads: int = 1
     mirrors: tuple[Path, ...] = ()
     force: bool = False
+    keep_build: bool = False  # keep bitbake's build/tmp after a good build (debugging, devshell)
     published: Mapping[str, str] = field(default_factory=dict)  # job id -> inputs digest already published
     environ: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     _digests: dict[str, str] = field(default_factory=dict)
@@ -117,6 +119,7 @@ class BuildResult:
     artifacts: list[Artifact] = field(default_factory=list)
     error: str = ""
     exit_code: int | None = None
+    disk: dict[str, Any] | None = None  # what the job folder takes, and what became of build/tmp
 
     @property
     def log(self) -> Path:
@@ -132,6 +135,7 @@ class BuildResult:
             "inputs_digest": self.inputs_digest,
             "error": self.error or None,
             "artifacts": [a.to_json() for a in self.artifacts],
+            "disk": self.disk,
         }
 
 
@@ -470,6 +474,10 @@ def run_build(
     kills it."""
     job_dir = paths(ctx, job)["job_dir"]
     try:
+        if ctx.force:  # a real rebuild: a fresh build folder, from the shared caches
+            _, left = remove_build_folder(ctx, job, paths(ctx, job)["KAS_BUILD_DIR"])
+            if left:
+                raise InfrastructureError(f"--force could not empty {paths(ctx, job)['KAS_BUILD_DIR']}: {left}")
         spec = prepare_folder(ctx, job, attempt)
         command = ctx.runtime.command(spec)
         digest_of_image = ctx.image_digest(ctx.image_for(job))
@@ -496,9 +504,58 @@ def run_build(
         classify(ctx, job, ran, result)
         if result.status == Status.SUCCESS:
             meta["artifact_stamps"] = {a.path: stamp(job_dir / a.path) for a in result.artifacts}
+        if not ran.killed:
+            result.disk = meta["disk"] = tidy(ctx, job, result.status == Status.SUCCESS)
     result.duration = time.monotonic() - started
     finish(job_dir, meta, result)
     return result
+
+
+def tidy(ctx: BuildContext, job: Job, succeeded: bool) -> dict[str, Any]:
+    """After a good build whose artifacts are collected: remove bitbake's build/tmp (the shared
+    sstate keeps the next build warm) unless --keep-build. A failed build keeps everything. Says
+    what the job folder takes then, and what build/tmp took."""
+    job_dir = paths(ctx, job)["job_dir"]
+    tmp = paths(ctx, job)["KAS_BUILD_DIR"] / "tmp"
+    if not succeeded or ctx.keep_build:
+        why = "the build failed" if not succeeded else "--keep-build"
+        return {"job_folder_bytes": usage(job_dir), "build_tmp": f"kept ({why})"}
+    freed, left = remove_build_folder(ctx, job, tmp)
+    record: dict[str, Any] = {"job_folder_bytes": usage(job_dir), "build_tmp_bytes": freed}
+    record["build_tmp"] = f"kept: {left}" if left else "removed"
+    return record
+
+
+def remove_build_folder(ctx: BuildContext, job: Job, folder: Path) -> tuple[int, str]:
+    """Remove ``folder`` of the job's build; the bytes it took and, when some of it is left, why.
+    An isar build leaves files owned by root: what this process may not remove, a container of
+    the job's builder image (root inside, the job folder mounted) removes."""
+    tally = remove_tree(folder)
+    if not tally.problems or not os.path.lexists(folder):
+        return tally.bytes, ""
+    rest = usage(folder)
+    if ctx.runtime.name == "native":
+        return tally.bytes + rest, tally.problems[0]
+    job_dir = paths(ctx, job)["job_dir"]
+    spec = RunSpec(
+        argv=["-rf", "--one-file-system", "--", str(folder)],
+        workdir=job_dir,
+        env={},
+        mounts=(job_dir,),
+        image=ctx.image_for(job),
+        entrypoint=["rm"],
+        name=f"cipbuild-{ctx.session}-{job.id}-tidy",
+        labels={f"{LABEL}.session": ctx.session, f"{LABEL}.job": job.id},
+    )
+    try:
+        handle = ctx.runtime.start(spec)
+        said = [line for line in handle.lines()][-1:]
+        code = handle.wait()
+    except InfrastructureError as exc:
+        return tally.bytes + rest, str(exc)
+    if code != 0 or os.path.lexists(folder):
+        return tally.bytes + rest - usage(folder), f"rm in the builder failed ({code}): {' '.join(said)}"
+    return tally.bytes + rest, ""
 
 
 def prepare_folder(ctx: BuildContext, job: Job, attempt: int) -> RunSpec:

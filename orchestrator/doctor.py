@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .catalog import Catalog
+from .diskuse import Need, free_bytes
 from .errors import CipbuildError, InfrastructureError
+from .progress import size_text
 from .runtime import RunSpec, Runtime, pick_runtime
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 # rootless podman's network (slirp4netns, pasta) opens it as the caller
 TUN = Path("/dev/net/tun")
 QEMU_FOR_ARCH = {"arm64": "qemu-aarch64", "armhf": "qemu-arm", "riscv64": "qemu-riscv64", "i386": "qemu-i386"}
-MIN_FREE_GIB = 50
 
 
 @dataclass(frozen=True)
@@ -71,16 +71,31 @@ def check_host(
                     "apt-get install qemu-user-static binfmt-support",
                 )
             )
-    probe = cache_dir if cache_dir.exists() else next((p for p in cache_dir.parents if p.exists()), Path("/"))
-    free = shutil.disk_usage(probe).free / 2**30
-    checks.append(
-        Check(
-            "cache disk space",
-            OK if free >= MIN_FREE_GIB else WARN,
-            f"{free:.0f} GiB free at {probe}",
-            "" if free >= MIN_FREE_GIB else f"an isar build needs about {MIN_FREE_GIB} GiB; use --cache",
-        )
+    return checks
+
+
+def disk_checks(need: Need, out_dir: Path, cache_dir: Path, what: str) -> list[Check]:
+    """Free space under --out and --cache against what ``what`` (the selected jobs) should need;
+    where both are on one filesystem, against their sum."""
+    (out_free, out_at), (cache_free, cache_at) = free_bytes(out_dir), free_bytes(cache_dir)
+    same = os.stat(out_at).st_dev == os.stat(cache_at).st_dev
+    places = (
+        [("--out and --cache", out_at, out_free, need.out + need.cache)]
+        if same
+        else [
+            ("--out", out_at, out_free, need.out),
+            ("--cache", cache_at, cache_free, need.cache),
+        ]
     )
+    basis = f"{need.measured} from their last build here, the rest estimated" if need.measured else "estimated"
+    checks = []
+    for flag, at, free, wanted in places:
+        detail = f"{size_text(free)} free at {at}; {what} should need about {size_text(wanted)} ({basis})"
+        if free >= wanted:
+            checks.append(Check(f"disk space {flag}", OK, detail))
+        else:
+            fix = f"free some space, or point {flag} at a larger disk"
+            checks.append(Check(f"disk space {flag}", WARN, detail, fix))
     return checks
 
 
@@ -108,19 +123,25 @@ def _image_checks(runtime: Runtime, images: dict[str, str]) -> list[Check]:
         try:
             digest = runtime.image_digest(image, pull=False)
         except CipbuildError as exc:
-            out.append(
-                Check(
-                    f"builder image ({system})",
-                    FAIL,
-                    str(exc),
-                    f"pull it, or make it: cipbuild image build --profile {system} --tag {image}",
-                )
-            )
+            out.append(_missing_image(runtime, system, image, str(exc)))
             continue
         out.append(Check(f"builder image ({system})", OK, f"{image} {digest[:19]}"))
         if system == "isar" and runtime.name != "native":
             out.append(_privileged(runtime, image))
     return out
+
+
+def _missing_image(runtime: Runtime, system: str, image: str, why: str) -> Check:
+    """An image not pulled yet is fine where its registry answers; else say how to do without it."""
+    name = f"builder image ({system})"
+    make = f"cipbuild image build --profile {system}, then build with --image cipbuild-builder:{system}"
+    asker = getattr(runtime, "registry_problem", None)
+    if asker is None:
+        return Check(name, WARN, f"{image} is not here: pulled on first build if its registry answers", make)
+    problem = asker(image)
+    if not problem:
+        return Check(name, OK, f"{image} is not here yet: its registry answers, pulled on first build")
+    return Check(name, FAIL, f"{image} is not here and its registry does not answer ({problem})", make)
 
 
 def _privileged(runtime: Runtime, image: str) -> Check:

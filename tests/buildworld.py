@@ -119,17 +119,22 @@ class RootlessUser:
     name: str
     python: str
 
-    def run(self, *argv: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *argv: str, timeout: float = 300, groups: tuple[str, ...] = (), env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """``argv`` as the user, in a clean environment (plus ``env``), with supplementary ``groups``."""
         pw = pwd.getpwnam(self.name)
-        env = [
+        variables = [
             f"HOME={pw.pw_dir}",
             f"USER={self.name}",
             f"LOGNAME={self.name}",
             "PATH=/usr/local/bin:/usr/bin:/bin",
             f"XDG_RUNTIME_DIR=/tmp/cipbuild-rootless-run-{pw.pw_uid}",
+            *(f"{k}={v}" for k, v in (env or {}).items()),
         ]
+        extra = [word for group in groups for word in ("-G", group)]
         return subprocess.run(
-            ["runuser", "-u", self.name, "--", "env", "-i", *env, *argv],
+            ["runuser", "-u", self.name, *extra, "--", "env", "-i", *variables, *argv],
             cwd=pw.pw_dir,  # the checkout may lie in a folder only root can enter
             capture_output=True,
             text=True,
@@ -137,8 +142,10 @@ class RootlessUser:
             timeout=timeout,
         )
 
-    def cipbuild(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        return self.run(self.python, "-m", "orchestrator", *args, timeout=timeout)
+    def cipbuild(
+        self, *args: str, timeout: float = 300, groups: tuple[str, ...] = (), env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return self.run(self.python, "-m", "orchestrator", *args, timeout=timeout, groups=groups, env=env)
 
     def build(self, world: World, work: Path, *args: str) -> subprocess.CompletedProcess[str]:
         """`cipbuild build ARGS` through rootless podman, with out/ and cache/ in ``work``."""

@@ -35,6 +35,16 @@ if TYPE_CHECKING:
     from ..signing import Signer
 
 
+KeepBuildOpt = Annotated[
+    bool,
+    typer.Option(
+        "--keep-build",
+        help="Keep bitbake's build/tmp after a good build, to debug it (look at its work folders, or "
+        "`kas shell job.yml -c 'bitbake -c devshell <recipe>'` in the builder). By default it is removed "
+        "once the artifacts are collected: the shared sstate cache keeps the next build warm. A failed "
+        "build always keeps it.",
+    ),
+]
 OutOpt = Annotated[
     Path, typer.Option("--out", envvar="CIPBUILD_OUT", metavar="DIR", help="Where each job's folder goes.")
 ]
@@ -68,7 +78,14 @@ def build(
             show_default=False,
         ),
     ] = None,
-    force: Annotated[bool, typer.Option("--force", help="Rebuild even when a job's inputs are unchanged.")] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Rebuild even when a job's inputs are unchanged, in a fresh build folder (from the shared caches).",
+        ),
+    ] = False,
+    keep_build: KeepBuildOpt = False,
     out: OutOpt = Path("out"),
     cache: CacheOpt = Path("cache"),
     mirror: MirrorOpt = None,
@@ -129,7 +146,9 @@ def build(
         run = run_builds(
             cat,
             chosen,
-            BuildSettings(runtime, image, out, cache, tuple(mirror or ()), jobs, keep_going, force, compress),
+            BuildSettings(
+                runtime, image, out, cache, tuple(mirror or ()), jobs, keep_going, force, compress, keep_build
+            ),
             published=published,
             signer=signer,
         )
@@ -142,13 +161,25 @@ def build(
         print_json({**data, "signed": signed_json(signed)} if sign else data)
     else:
         rows = [
-            [r.job.id, r.status, f"{r.duration:.1f}s", str(len(r.artifacts)), r.error or str(r.job_dir)]
+            [r.job.id, r.status, f"{r.duration:.1f}s", str(len(r.artifacts)), disk_text(r), r.error or str(r.job_dir)]
             for r in results
         ]
-        print_table(None, ["job", "status", "time", "artifacts", "folder / error"], rows)
+        print_table(None, ["job", "status", "time", "artifacts", "disk", "folder / error"], rows)
         if signed is not None:
             print_signed(signed, False)
     check_results(results)
+
+
+def disk_text(result: BuildResult) -> str:
+    """What the job folder takes now, and what removing build/tmp gave back."""
+    from ..progress import size_text
+
+    if not result.disk:
+        return ""
+    text = size_text(result.disk.get("job_folder_bytes", 0))
+    if result.disk.get("build_tmp") == "removed":
+        return f"{text} (-{size_text(result.disk.get('build_tmp_bytes', 0))} tmp)"
+    return text
 
 
 @dataclass(frozen=True)
@@ -164,6 +195,7 @@ class BuildSettings:
     keep_going: bool | None = None
     force: bool = False
     compress: str = "none"
+    keep_build: bool = False
 
 
 @dataclass
@@ -217,6 +249,7 @@ def run_builds(
         threads=threads,
         mirrors=tuple(m.resolve() for m in settings.mirrors),
         force=settings.force,
+        keep_build=settings.keep_build,
         published=published,
     )
     in_ci = bool(os.environ.get("CI"))
@@ -237,19 +270,43 @@ def run_builds(
 
 
 @app.command()
+@selects_jobs
 def doctor(
     ctx: typer.Context,
+    request: Request,
     runtime: RuntimeOpt = "auto",
     image: ImageOpt = None,
+    out: OutOpt = Path("out"),
     cache: CacheOpt = Path("cache"),
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Jobs you will build at once.")] = 1,
+    keep_build: KeepBuildOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Check this host for builds: container engine, builder images, privileged containers,
-    binfmt for foreign architectures, cache disk space, kas. Exit 4 when something is missing."""
-    from ..doctor import check_host, require_healthy, to_json
+    """Check this host for builds: container engine, the builder images the selected jobs need
+    (pulled on first build where their registry answers), privileged containers, binfmt for
+    foreign architectures, kas, and free disk under --out and --cache against what the selected
+    jobs are expected to need (their last build here, else an estimate per build system). Select
+    jobs as `build` does; without, one job of the default distro. Exit 4 when something is
+    missing; warnings pass."""
+    from ..diskuse import expected_need
+    from ..doctor import check_host, disk_checks, require_healthy, to_json
+    from ..matrix import make_plan
 
     cat = context(ctx).catalog()
-    checks = check_host(cat, runtime, cache.resolve(), builder_images(cat, image))
+    if request.recipe is None and request.sel.is_empty():
+        default = next((name for name, d in cat.distros.items() if d.default), next(iter(cat.distros)))
+        systems: list[str] = [cat.distros[default].build_system]
+        wanted: list[tuple[str, str]] = [(f"one {default} job", systems[0])]
+        what = f"one {default} job"
+    else:
+        chosen = make_plan(cat, recipe=request.recipe, everything=False, sel=request.sel).jobs
+        wanted = [(job.id, cat.distros[job.distro].build_system) for job in chosen]
+        systems = sorted({str(system) for _, system in wanted})
+        what = f"{len(chosen)} job(s)"
+    images = {str(system): ref for system, ref in builder_images(cat, image).items() if system in systems}
+    need = expected_need(wanted, out.resolve(), cache.resolve(), parallel=jobs, keep_build=keep_build)
+    checks = check_host(cat, runtime, cache.resolve(), images)
+    checks += disk_checks(need, out.resolve(), cache.resolve(), what)
     if as_json:
         print_json(to_json(checks))
     else:

@@ -12,7 +12,7 @@ from ..errors import CipbuildError, UserError
 from ..output import print_json, print_line, print_table
 from ..status import Status
 from .app import CacheOpt, ImageOpt, JsonOpt, Request, RuntimeOpt, app, context, selects_jobs
-from .build import BuildSettings, MirrorOpt, OutOpt, run_builds
+from .build import BuildSettings, KeepBuildOpt, MirrorOpt, OutOpt, run_builds
 from .publish import EndpointOpt, RefOpt, StoreOpt
 
 if TYPE_CHECKING:
@@ -63,6 +63,7 @@ def release(
     cache: CacheOpt = Path("cache"),
     mirror: MirrorOpt = None,
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Jobs to build at once.")] = 1,
+    keep_build: KeepBuildOpt = False,
     key_id: Annotated[
         str | None,
         typer.Option("--key-id", metavar="ID", help="A secret key of your keyring (else CIPBUILD_SIGNING_KEY)."),
@@ -121,7 +122,7 @@ def release(
             line.sent_bytes = tally.sent_bytes
             line.publish = f"sent {tally.sent_objects} object(s)" if tally.sent_objects else "already there"
 
-        settings = BuildSettings(runtime, image, out, cache, tuple(mirror or ()), jobs)
+        settings = BuildSettings(runtime, image, out, cache, tuple(mirror or ()), jobs, keep_build=keep_build)
         with Signer(KeySource.from_env(key_id)) as signer:
             run = run_builds(cat, chosen, settings, published=published, signer=signer, after_signed=publish_job)
             for result in run.results:

@@ -183,6 +183,15 @@ class DockerRuntime:
         digests = found.attrs.get("RepoDigests") or []
         return str(digests[0].split("@", 1)[1] if digests else found.id)
 
+    def registry_problem(self, image: str) -> str:
+        """Why ``image``'s registry cannot give it (empty when it can), asked without pulling."""
+        try:
+            self.client.api.inspect_distribution(image)
+        except Exception as exc:
+            explanation = getattr(exc, "explanation", None) or str(exc)
+            return str(explanation).splitlines()[0][:200]
+        return ""
+
     def _pull(self, image: str) -> Any:
         import docker.errors
 

@@ -1,0 +1,194 @@
+"""Disk a job takes: what its folder holds, removing bitbake's temporary folder after a good build,
+and what the selected jobs are expected to need before they start.
+
+A build wrote the folder, so it is walked as hostile: by file descriptor, never through a symlink,
+never onto another filesystem (a mount a native build left behind is not ours to empty).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+GIB = 1 << 30
+
+# What one job takes when nothing of it was built before, by build system: its folder at the peak
+# (build/tmp and the artifacts, while bitbake runs), its folder once build/tmp is removed, and the
+# shared cache it fills (downloads, sstate). isar: measured on the real isar-image-base for
+# qemuamd64/bookworm (3.6 GB at the peak, 1.2 GB of artifacts, 1.2 GB of cache), rounded up;
+# openembedded: the Yocto Project's stated need for a build.
+EXPECTED: dict[str, tuple[int, int, int]] = {
+    "isar": (4 * GIB, 3 * GIB // 2, 2 * GIB),
+    "openembedded": (50 * GIB, 5 * GIB, 40 * GIB),
+}
+UNKNOWN_SYSTEM = (10 * GIB, 2 * GIB, 10 * GIB)
+
+
+@dataclass
+class Tally:
+    """Bytes on disk (allocated blocks, each hard-linked file once) and what could not be done."""
+
+    bytes: int = 0
+    files: int = 0
+    seen: set[tuple[int, int]] = field(default_factory=set)
+    problems: list[str] = field(default_factory=list)
+
+    def count(self, st: os.stat_result) -> None:
+        self.files += 1
+        key = (st.st_dev, st.st_ino)
+        if key in self.seen:  # asked even at one link left: removing the first link lowered it
+            return
+        if st.st_nlink > 1:
+            self.seen.add(key)
+        self.bytes += st.st_blocks * 512
+
+
+def usage(path: Path) -> int:
+    """Bytes ``path`` takes on disk (0 when it is not there)."""
+    tally = Tally()
+    _walk(path, tally, remove=False)
+    return tally.bytes
+
+
+def remove_tree(path: Path) -> Tally:
+    """Remove ``path`` and everything below it that can be removed, counting what was freed;
+    ``problems`` says what was left (another owner's files, a mount point)."""
+    tally = Tally()
+    _walk(path, tally, remove=True)
+    return tally
+
+
+def _walk(path: Path, tally: Tally, *, remove: bool) -> None:
+    try:
+        parent_fd = os.open(path.parent, OPEN_DIR)
+    except OSError:
+        return
+    try:
+        top = os.stat(path.name, dir_fd=parent_fd, follow_symlinks=False)
+        _visit(parent_fd, path.name, top.st_dev, tally, remove, str(path))
+    except FileNotFoundError:
+        pass
+    finally:
+        os.close(parent_fd)
+
+
+def _visit(parent_fd: int, name: str, dev: int, tally: Tally, remove: bool, shown: str) -> None:
+    # An explicit stack, not recursion: a build may nest folders deeper than Python's stack.
+    stack: list[tuple[int, str, str, list[str] | None]] = [(parent_fd, name, shown, None)]
+    opened: list[int] = []
+    while stack:
+        at_fd, entry, where, pending = stack[-1]
+        if pending is None:
+            try:
+                st = os.stat(entry, dir_fd=at_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                stack.pop()
+                continue
+            if not stat.S_ISDIR(st.st_mode):
+                stack.pop()
+                tally.count(st)
+                if remove:
+                    _unlink(at_fd, entry, where, tally)
+                continue
+            if st.st_dev != dev:
+                stack.pop()
+                tally.problems.append(f"{where} is another filesystem (a mount point): left alone")
+                continue
+            try:
+                fd = os.open(entry, OPEN_DIR, dir_fd=at_fd)
+                names = [e.name for e in os.scandir(fd)]
+            except OSError as exc:
+                stack.pop()
+                tally.problems.append(f"{where}: {exc.strerror}")
+                continue
+            tally.bytes += st.st_blocks * 512
+            opened.append(fd)
+            stack[-1] = (at_fd, entry, where, names)
+            continue
+        if pending:
+            child = pending.pop()
+            stack.append((opened[-1], child, f"{where}/{child}", None))
+            continue
+        stack.pop()
+        os.close(opened.pop())
+        if remove:
+            try:
+                os.rmdir(entry, dir_fd=at_fd)
+            except OSError as exc:
+                if not tally.problems:  # its content already said why
+                    tally.problems.append(f"{where}: {exc.strerror}")
+
+
+def _unlink(at_fd: int, entry: str, where: str, tally: Tally) -> None:
+    try:
+        os.unlink(entry, dir_fd=at_fd)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        tally.problems.append(f"{where}: {exc.strerror}")
+
+
+@dataclass(frozen=True)
+class Need:
+    """What the selected jobs are expected to take: under --out and under --cache."""
+
+    out: int
+    cache: int
+    measured: int  # how many jobs' figures come from their own last build
+
+
+def expected_need(
+    jobs: Iterable[tuple[str, str]], out_dir: Path, cache_dir: Path, *, parallel: int = 1, keep_build: bool = False
+) -> Need:
+    """``jobs`` as (job id, build system). A job built here before counts what its metadata.json
+    recorded (its folder is there already; only build/tmp comes back), others count EXPECTED.
+    Without --keep-build a job's build/tmp is gone when it ends, so only ``parallel`` of them are
+    on disk at once; the cache is filled once per build system."""
+    kept: list[int] = []
+    extra: list[int] = []  # what a running job takes beyond what it keeps
+    cache_by_system: dict[str, int] = {}
+    measured = 0
+    for job_id, system in jobs:
+        peak, after, cache = EXPECTED.get(system, UNKNOWN_SYSTEM)
+        recorded = recorded_disk(out_dir / job_id)
+        if recorded is not None:  # built here before: its folder is on disk already, build/tmp comes back
+            measured += 1
+            peak, after = recorded.get("build_tmp_bytes", 0), 0
+            cache = 0 if _has_content(cache_dir) else cache
+        kept.append(peak if keep_build else after)
+        extra.append(0 if keep_build else peak - after)
+        cache_by_system[system] = max(cache_by_system.get(system, 0), cache)
+    busiest = sorted(extra, reverse=True)[: max(1, parallel)]
+    return Need(sum(kept) + sum(busiest), sum(cache_by_system.values()), measured)
+
+
+def recorded_disk(job_dir: Path) -> dict[str, int] | None:
+    import json
+
+    try:
+        meta: Any = json.loads((job_dir / "metadata.json").read_text(encoding="utf-8"))
+        disk = meta.get("disk") if isinstance(meta, dict) else None
+    except (OSError, ValueError):
+        return None
+    if not isinstance(disk, dict):
+        return None
+    return {k: v for k, v in disk.items() if isinstance(v, int)}
+
+
+def _has_content(folder: Path) -> bool:
+    try:
+        return any(folder.iterdir())
+    except OSError:
+        return False
+
+
+def free_bytes(folder: Path) -> tuple[int, Path]:
+    """Free bytes of the filesystem ``folder`` is (or will be) on, and the folder measured."""
+    probe = folder if folder.exists() else next((p for p in folder.parents if p.exists()), Path("/"))
+    return shutil.disk_usage(probe).free, probe
