@@ -473,6 +473,7 @@ def run_build(
     started, the container is stopped and metadata.json says what happened; a cancelled ``token``
     kills it."""
     job_dir = paths(ctx, job)["job_dir"]
+    entered = time.monotonic()
     try:
         if ctx.force:  # a real rebuild: a fresh build folder, from the shared caches
             _, left = remove_build_folder(ctx, job, paths(ctx, job)["KAS_BUILD_DIR"])
@@ -504,8 +505,16 @@ def run_build(
         classify(ctx, job, ran, result)
         if result.status == Status.SUCCESS:
             meta["artifact_stamps"] = {a.path: stamp(job_dir / a.path) for a in result.artifacts}
+        collected = time.monotonic()
         if not ran.killed:
             result.disk = meta["disk"] = tidy(ctx, job, result.status == Status.SUCCESS)
+        # where a build's time goes besides bitbake's own: cipbuild's fixed cost per job, by phase
+        meta["phases_s"] = {
+            "before_container": round(ran.started - entered, 3),
+            "container": round(ran.ended - ran.started, 3),
+            "collect": round(collected - ran.ended, 3),
+            "tidy": round(time.monotonic() - collected, 3),
+        }
     result.duration = time.monotonic() - started
     finish(job_dir, meta, result)
     return result
@@ -641,6 +650,8 @@ class Ran:
     killed: bool
     engine_failed: bool
     reader: LogReader
+    started: float  # time.monotonic() once the container runs, and once it is gone
+    ended: float
 
 
 def execute(ctx: BuildContext, spec: RunSpec, token: CancelToken, header: str, reader: LogReader) -> Ran:
@@ -649,6 +660,7 @@ def execute(ctx: BuildContext, spec: RunSpec, token: CancelToken, header: str, r
     with _open_log(spec.workdir / "build.log") as log:
         log.write(header)
         handle = ctx.runtime.start(spec)
+        started = time.monotonic()
         try:
             with token.on_cancel(handle.kill):
                 for line in handle.lines():
@@ -658,7 +670,7 @@ def execute(ctx: BuildContext, spec: RunSpec, token: CancelToken, header: str, r
         except BaseException:
             handle.kill()
             raise
-    return Ran(code, handle.killed, handle.engine_failed, reader)
+    return Ran(code, handle.killed, handle.engine_failed, reader, started, time.monotonic())
 
 
 def classify(ctx: BuildContext, job: Job, ran: Ran, result: BuildResult) -> None:
