@@ -37,6 +37,7 @@ from .diskuse import remove_tree, usage
 from .errors import InfrastructureError, UserError
 from .kasfile import job_facts, job_record, render, repos_of
 from .matrix import Job
+from .rebuild import record_success, why_rebuilt
 from .runtime import LABEL, RunSpec, Runtime, build_user
 from .status import Status
 
@@ -484,6 +485,8 @@ def run_build(
         digest_of_image = ctx.image_digest(ctx.image_for(job))
         write_file(job_dir / "reproducer.sh", reproducer(job, spec, command, digest_of_image), 0o755)
         meta = job_metadata(ctx, job, inputs, digest)
+        kas_text = render(ctx.catalog, job)
+        meta["rebuilt_because"] = why_rebuilt(job_dir, inputs, digest, kas_text, forced=ctx.force).to_json()
         write_json(job_dir / "metadata.json", meta)
     except InfrastructureError as exc:
         return BuildResult(job, Status.INFRA_ERROR, job_dir, error=str(exc))
@@ -517,6 +520,8 @@ def run_build(
         }
     result.duration = time.monotonic() - started
     finish(job_dir, meta, result)
+    if result.status == Status.SUCCESS:
+        record_success(job_dir, inputs, digest, kas_text, meta["finished"])
     return result
 
 

@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from .buildjob import BuildContext, BuildResult, Said, check_folders, mark_interrupted, paths, prepare, run_build
 from .cancel import CancelToken, signals_cancel
 from .errors import InfrastructureError, InterruptError
+from .kasfile import render
 from .matrix import Job
+from .rebuild import LAST_SUCCESS, why_rebuilt
 from .retry import Retry
 from .status import Status, raise_for, worst
 
@@ -91,7 +93,7 @@ class Scheduler:
             else:
                 self.prepared[job.id] = (inputs, digest)
                 pending.append(job)
-                self.on_event(job.id, Status.QUEUED, "")
+                self.on_event(job.id, Status.QUEUED, self._why(job, inputs, digest))
         leaders: dict[tuple[str, str, str], str] = {}
         for job in pending:
             leaders.setdefault(group_of(self.ctx, job), job.id)
@@ -115,6 +117,12 @@ class Scheduler:
                         stop_new = True
         if self.token.cancelled:
             self._check_nothing_left(jobs)
+
+    def _why(self, job: Job, inputs: dict[str, object], digest: str) -> str:
+        """One line on why the job is built (again): what changed since its last good build."""
+        job_dir = paths(self.ctx, job)["job_dir"]
+        why = why_rebuilt(job_dir, inputs, digest, render(self.ctx.catalog, job), forced=self.ctx.force)
+        return f"rebuilt: {why.summary}" if (job_dir / LAST_SUCCESS).exists() else why.summary
 
     def _finished(self, result: BuildResult) -> None:
         if self.after_job is not None:
