@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from buildworld import BUILDER_IMAGE, World, open_to_builder
@@ -16,7 +17,7 @@ from orchestrator.rebuild import compare, why_rebuilt
 
 JOB = "isar-bookworm-qemu-amd64"
 
-INPUTS = {
+INPUTS: dict[str, object] = {
     "kas_file_sha256": "a" * 64,
     "upstream": {"isar": {"url": "https://example.org/isar.git", "commit": "1" * 40}},
     "builder_image": "kas-isar:4.8.1",
@@ -83,7 +84,7 @@ def test_a_rebuild_names_the_input_that_changed(docker_engine: str, tmp_path: Pa
     upstreams = make_upstreams(root / "upstreams")
     world = World(make_test_catalog(root / "catalog", upstreams), upstreams.root, root / "out", root / "cache")
 
-    def build(*extra: str, env: dict[str, str] | None = None) -> tuple[str, dict[str, object]]:
+    def build(*extra: str, env: dict[str, str] | None = None) -> tuple[str, dict[str, Any]]:
         proc = world.build(JOB, *extra, env={"CI": "1", **(env or {})})
         assert proc.returncode == 0, proc.stderr
         queued = [line for line in proc.stderr.splitlines() if f"{JOB}: queued" in line]
