@@ -159,13 +159,15 @@ def _builder_images(
     """Distro -> the builder image its jobs run in, pinned by digest where the engine knows it;
     and the (distro, image) left unpinned."""
     from ..catalog import Catalog
+    from ..imagepins import apply_pins
 
     assert isinstance(cat, Catalog)
     images: dict[str, str] = {}
     unpinned: list[tuple[str, str]] = []
     known: dict[str, str | None] = {}
+    locked = apply_pins(cat.root, {distro: image or cat.distros[distro].builder for distro in distros})
     for distro in distros:
-        name = image or cat.distros[distro].builder
+        name = locked[distro]
         if "@sha256:" not in name and pin:
             if name not in known:
                 known[name] = _repo_digest(name)

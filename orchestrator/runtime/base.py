@@ -160,3 +160,9 @@ def run_target(spec: RunSpec) -> list[str]:
     """The end of a `run` command line: entrypoint, image and command."""
     entry = ["--entrypoint", spec.entrypoint[0]] if spec.entrypoint else []
     return [*entry, str(spec.image), *spec.entrypoint[1:], *spec.argv]
+
+
+def pinned_digest(image: str) -> str:
+    """The digest a ``name[:tag]@sha256:...`` reference pins (empty when it pins none)."""
+    _, at, digest = image.partition("@")
+    return digest if at and digest.startswith("sha256:") else ""

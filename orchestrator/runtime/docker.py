@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InfrastructureError
-from .base import LABEL, RunSpec, run_flags, run_target
+from .base import LABEL, RunSpec, pinned_digest, run_flags, run_target
 
 # --privileged is refused in some sandboxes ("unable to apply caps"); this is the same power
 # less the one capability they withhold, which is enough for Isar's mounts and loop devices.
@@ -180,8 +180,13 @@ class DockerRuntime:
             raise
         except Exception as exc:
             raise _engine_error(exc) from None
-        digests = found.attrs.get("RepoDigests") or []
-        return str(digests[0].split("@", 1)[1] if digests else found.id)
+        pinned = pinned_digest(image)
+        if pinned:
+            return pinned
+        digests = [str(d) for d in found.attrs.get("RepoDigests") or []]
+        repository = image.rsplit(":", 1)[0] if ":" in image.rsplit("/", 1)[-1] else image
+        ours = [d for d in digests if d.split("@", 1)[0] == repository]  # pushed to several registries
+        return (ours or digests)[0].split("@", 1)[1] if digests else str(found.id)
 
     def registry_problem(self, image: str) -> str:
         """Why ``image``'s registry cannot give it (empty when it can), asked without pulling."""

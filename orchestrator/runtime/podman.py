@@ -9,7 +9,7 @@ import subprocess
 import time
 
 from ..errors import InfrastructureError
-from .base import LABEL, ProcessHandle, RunSpec, run_flags, run_target, spawn
+from .base import LABEL, ProcessHandle, RunSpec, pinned_digest, run_flags, run_target, spawn
 
 # crun cannot set up cgroups on some hosts (hybrid mode); runc can. CIPBUILD_PODMAN_RUNTIME overrides.
 DEFAULT_OCI_RUNTIME = "runc"
@@ -84,7 +84,9 @@ class PodmanRuntime:
                     "make one offline with `cipbuild image build --engine podman`"
                 ) from None
             out = self._run("image", "inspect", "--format", "{{.Digest}}", image)
-        return out.strip()
+        # a reference pinned by digest is that digest (podman's own .Digest is of the manifest it
+        # stored, which differs from the registry's once layers are compressed on push)
+        return pinned_digest(image) or out.strip()
 
     def _run_args(self, spec: RunSpec, *, by_hand: bool) -> list[str]:
         """`podman run` for ``spec``: as cipbuild starts it (named, labelled, the variables' values
