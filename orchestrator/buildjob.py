@@ -88,6 +88,7 @@ class BuildContext:
     mirrors: tuple[Path, ...] = ()
     force: bool = False
     keep_build: bool = False  # keep bitbake's build/tmp after a good build (debugging, devshell)
+    sstate_dir: Path | None = None  # a private sstate cache instead of the shared one (a second build)
     published: Mapping[str, str] = field(default_factory=dict)  # job id -> inputs digest already published
     environ: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     _digests: dict[str, str] = field(default_factory=dict)
@@ -213,7 +214,7 @@ def paths(ctx: BuildContext, job: Job) -> dict[str, Path]:
         "KAS_WORK_DIR": job_dir / "work",
         "KAS_BUILD_DIR": job_dir / "build",
         "DL_DIR": ctx.cache_dir / "downloads",
-        "SSTATE_DIR": ctx.cache_dir / "sstate",
+        "SSTATE_DIR": ctx.sstate_dir or ctx.cache_dir / "sstate",
         "KAS_REPO_REF_DIR": ctx.cache_dir / "repo-ref",
     }
 
@@ -607,7 +608,7 @@ def prepare_folder(ctx: BuildContext, job: Job, attempt: int) -> RunSpec:
         argv=["sh", str(job_dir / "run.sh")],
         workdir=job_dir,
         env={**env, "CIPBUILD_UID": str(uid), "CIPBUILD_GID": str(gid)},
-        mounts=(job_dir, ctx.cache_dir),
+        mounts=(job_dir, ctx.cache_dir) + ((ctx.sstate_dir,) if ctx.sstate_dir else ()),
         readonly_mounts=ctx.mirrors,
         image=ctx.image_for(job),
         entrypoint=["sh", str(job_dir / "entry.sh")],

@@ -107,6 +107,13 @@ class ManifestFiles(_Record):
     signatures: dict[str, str] = Field(description="signed file -> its detached armored signature")
 
 
+class ManifestReproducibility(_Record):
+    report: Literal["reproducibility.json"] = Field(description="the whole check, in the job folder")
+    identical: bool = Field(description="every artifact of a second, independent build was bit-identical")
+    checked: str
+    differing: list[str] = Field(description="the artifacts that differed")
+
+
 class Manifest(_Record):
     """manifest.json: what one job built, from what, and where its SBOM, provenance and
     signatures are. Derived from metadata.json."""
@@ -123,6 +130,9 @@ class Manifest(_Record):
     artifacts: list[ManifestArtifact]
     packages: list[ManifestPackage]
     files: ManifestFiles
+    reproducibility: ManifestReproducibility | None = Field(
+        default=None, description="the job's `build --check-reproducible` result for these inputs, when it was run"
+    )
 
 
 class IndexEntry(_Record):
@@ -388,6 +398,7 @@ def write_job_trust(job_dir: Path) -> list[Path]:
     succeeded job's folder; the paths written (a deployed SBOM's path in place of the two SBOMs).
     Same inputs, same bytes."""
     from .provenance import statement
+    from .reprocheck import REPORT, recorded
     from .sbom import ImageFacts, sbom_text
     from .spdx import spdx_text
 
@@ -414,6 +425,7 @@ def write_job_trust(job_dir: Path) -> list[Path]:
         log_sha256 = _file_sha256(dir_fd, job_dir, str(files.get("log", "build.log")))
 
         job, inputs = meta["job"], meta["inputs"]
+        repro = recorded(job_dir, str(meta.get("inputs_digest", "")))
         outputs: dict[str, bytes] = {}
         sbom_path = _deployed_sbom(artifacts)
         if sbom_path is None:
@@ -457,6 +469,14 @@ def write_job_trust(job_dir: Path) -> list[Path]:
                         "checksums": CHECKSUMS,
                         "signatures": {name: f"{name}.asc" for name in SIGNED},
                     },
+                    "reproducibility": None
+                    if repro is None
+                    else {
+                        "report": REPORT,
+                        "identical": repro.get("identical"),
+                        "checked": repro.get("checked"),
+                        "differing": [a.get("path") for a in repro.get("artifacts", []) if not a.get("identical")],
+                    },
                 }
             )
         except ValueError as exc:
@@ -467,8 +487,12 @@ def write_job_trust(job_dir: Path) -> list[Path]:
                 del art["uncompressed_sha256"]
         if data["files"]["spdx"] is None:
             del data["files"]["spdx"]
+        if data["reproducibility"] is None:
+            del data["reproducibility"]
         outputs[MANIFEST] = dumps(data).encode()
         sums = {a["path"]: a["sha256"] for a in artifacts}
+        if repro is not None and (report_sha256 := _file_sha256(dir_fd, job_dir, REPORT)):
+            sums[REPORT] = report_sha256
         sums.update({name: hashlib.sha256(body).hexdigest() for name, body in outputs.items()})
         outputs[CHECKSUMS] = "".join(f"{sums[p]}  {p}\n" for p in sorted(sums)).encode()
         for name, body in outputs.items():

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ..errors import UserError
-from ..output import print_json, print_table
+from ..output import print_json, print_line, print_table
 from .app import (
     CacheOpt,
     CompressOpt,
@@ -28,9 +28,10 @@ from .app import (
 from .trust import print_signed, signed_json
 
 if TYPE_CHECKING:
-    from ..buildjob import BuildResult
+    from ..buildjob import BuildContext, BuildResult
     from ..catalog import Catalog
     from ..matrix import Job
+    from ..reprocheck import Check
     from ..runtime.base import Runtime
     from ..signing import Signer
 
@@ -86,6 +87,17 @@ def build(
         ),
     ] = False,
     keep_build: KeepBuildOpt = False,
+    check_reproducible: Annotated[
+        bool,
+        typer.Option(
+            "--check-reproducible",
+            help="Then build each job a second time (a fresh folder under <out>/.reproducibility/, its own "
+            "sstate cache, nothing of the first build reused), compare every artifact bit for bit and explain "
+            "each difference down to the file inside (tar, cpio, ext4, FAT, squashfs, disk images). Writes "
+            "reproducibility.json into the job folder; exit 3 when an artifact differs. With --sign, jobs are "
+            "signed after the check and their manifest records it.",
+        ),
+    ] = False,
     out: OutOpt = Path("out"),
     cache: CacheOpt = Path("cache"),
     mirror: MirrorOpt = None,
@@ -118,11 +130,14 @@ def build(
 
     Each job leaves out/<job-id>/ with build.log, job.yml, kas.lock.yml, metadata.json,
     reproducer.sh and artifacts/. A job whose inputs did not change since its last successful
-    build is not rebuilt. Exit codes: 0 built, 2 bad input or signing key, 3 a build failed,
-    4 infrastructure, 130 interrupted.
+    build is not rebuilt. Exit codes: 0 built, 2 bad input or signing key, 3 a build failed (or
+    is not reproducible, with --check-reproducible), 4 infrastructure, 130 interrupted.
     """
     from ..scheduler import check_results
-    from ..signing import KeySource, SignedRelease, Signer, sign_index
+    from ..signing import KeySource, SignedRelease, Signer, sign_index, sign_job
+    from ..status import Status
+
+    checks: list[Check] = []
 
     cat = context(ctx).catalog()
     if request.recipe is None and request.sel.is_empty():
@@ -150,14 +165,22 @@ def build(
                 runtime, image, out, cache, tuple(mirror or ()), jobs, keep_going, force, compress, keep_build
             ),
             published=published,
-            signer=signer,
+            signer=None if check_reproducible else signer,
         )
+        if check_reproducible:
+            checks = check_reproducibility(run)
+            if signer is not None:  # now, so that the manifest records the check
+                for result in run.results:
+                    if result.status in (Status.SUCCESS, Status.UP_TO_DATE):
+                        run.signatures[result.job.id] = sign_job(signer, result.job_dir, compress)
         if signer is not None and run.signatures:
             skipped = [(r.job.id, str(r.status)) for r in run.results if r.job.id not in run.signatures]
             signed = sign_index(signer, run.out_dir, run.signatures, skipped)
     results = run.results
     if as_json:
         data = {"out": str(run.out_dir), "runtime": run.engine.name, "results": [r.to_json() for r in results]}
+        if check_reproducible:
+            data["reproducibility"] = [check.to_json() for check in checks]
         print_json({**data, "signed": signed_json(signed)} if sign else data)
     else:
         rows = [
@@ -167,7 +190,15 @@ def build(
         print_table(None, ["job", "status", "time", "artifacts", "disk", "folder / error"], rows)
         if signed is not None:
             print_signed(signed, False)
+        for check in checks:
+            for line in check.summary():
+                print_line(line)
     check_results(results)
+    unreproducible = [check.first.job.id for check in checks if not check.identical]
+    if unreproducible:
+        from ..errors import BuildError
+
+        raise BuildError(f"not reproducible: {', '.join(unreproducible)}; see reproducibility.json in each job folder")
 
 
 def disk_text(result: BuildResult) -> str:
@@ -204,6 +235,33 @@ class BuildRun:
     out_dir: Path
     results: list[BuildResult]
     signatures: dict[str, list[Path]] = field(default_factory=dict)
+    context: BuildContext | None = None
+
+
+def check_reproducibility(run: BuildRun) -> list[Check]:
+    """Build each good job of ``run`` again apart and compare (see orchestrator/reprocheck.py)."""
+    from ..progress import BuildProgress
+    from ..reprocheck import Check, checkable, compare_builds, second_context, settle
+    from ..scheduler import Options, Scheduler
+    from ..status import Status
+
+    assert run.context is not None
+    checks = []
+    for first in run.results:
+        if not checkable(first):
+            continue
+        check = Check(first)
+        ctx2 = second_context(run.context, first.job.id)
+        with BuildProgress([first.job.id], labels={Status.RUNNING: "second build"}) as progress:
+            scheduler = Scheduler(ctx2, Options(jobs=1), progress.event, progress.task, on_said=progress.said)
+            (check.second,) = scheduler.run([first.job])
+        if check.second.status == Status.SUCCESS:
+            compare_builds(check)
+        else:
+            check.error = f"the second build ended {check.second.status}: {check.second.error}"
+        settle(check, ctx2)
+        checks.append(check)
+    return checks
 
 
 def run_builds(
@@ -254,7 +312,7 @@ def run_builds(
     )
     in_ci = bool(os.environ.get("CI"))
     opts = Options(jobs=settings.jobs, keep_going=in_ci if settings.keep_going is None else settings.keep_going)
-    run = BuildRun(engine, build_ctx.out_dir, [])
+    run = BuildRun(engine, build_ctx.out_dir, [], context=build_ctx)
 
     def sign_built(result: BuildResult) -> None:  # each job as it finishes
         if signer is not None and result.status in (Status.SUCCESS, Status.UP_TO_DATE):
