@@ -1,8 +1,16 @@
 """What a build deployed -> Artifact records (type, size, sha256), by the board's artifact rules.
 
-The deploy folder is written by the build, so it is untrusted: every file is reached without
-following a symlink out of it, copied (never hard-linked: the build folder may change later) and
-hashed in the same pass.
+The deploy folder is written by the build, so it is untrusted: every file is reached from the
+deploy folder's descriptor one component at a time without following a symlink, must be a
+regular file, and is copied (never hard-linked: the build folder may change later) into a fresh
+``artifacts/`` folder opened by descriptor, with O_EXCL.
+
+A copy is as cheap as the hardware allows: only the source's data extents are copied
+(SEEK_DATA/SEEK_HOLE), by the kernel (copy_file_range, which reflinks where the filesystem can),
+and the destination is truncated to the source's size, so holes stay holes and a sparse image
+takes no more disk than it did in the deploy folder. The sha256 is of the copy itself, read back
+from the page cache while the kernel copies the next extents; holes are hashed as zeros without
+reading them. Several files are collected at once (hashlib releases the GIL), largest first.
 """
 
 from __future__ import annotations
@@ -12,6 +20,8 @@ import hashlib
 import os
 import shutil
 import stat
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,8 +31,14 @@ from .kasfile import job_facts
 from .matrix import Expander, Job
 from .models import ArtifactRule
 
-CHUNK = 1 << 20
-OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+COPY_CHUNK = 8 << 20  # bytes the kernel copies per call; the hash trails one chunk behind
+READ_CHUNK = 1 << 20  # bytes read back per hash update
+ZEROS = bytes(READ_CHUNK)  # what a hole hashes as, never written to
+WORKERS = 4  # files collected at once, at most (and at most one per CPU)
+OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+OPEN_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # a fifo must not block
+# copy_file_range cannot do this pair of files (old kernel, another filesystem, a quirk): read/write
+NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.ETXTBSY, errno.EPERM}
 
 
 @dataclass(frozen=True)
@@ -34,6 +50,16 @@ class Artifact:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class _Copy:
+    """One file to collect: ``source`` relative to the deploy folder, ``target`` in artifacts/."""
+
+    type: str
+    name: str
+    source: str
+    target: str
 
 
 def rules_for(catalog: Catalog, job: Job) -> list[ArtifactRule]:
@@ -50,50 +76,106 @@ def deploy_dir_of(job_dir: Path, machine: str) -> Path:
 def collect(catalog: Catalog, job: Job, job_dir: Path) -> tuple[list[Artifact], list[str]]:
     """Copy what the rules name from the job's deploy folder into ``job_dir/artifacts``.
 
-    Returns the artifacts and the problems (missing required files, refused files). A name that
-    leads outside the deploy folder (a symlinked file or folder on the way) is refused; a symlink
-    to another file of the deploy folder (Yocto's stable names) is followed.
+    Returns the artifacts and the problems (missing required files, refused files), in rule
+    order whatever order the copies finished in. A name that leads outside the deploy folder (a
+    symlinked file or folder on the way) is refused; a symlink to another file of the deploy
+    folder (Yocto's stable names) is followed.
     """
     facts = job_facts(catalog, job)
     trusted = Path(os.path.realpath(job_dir))
     deploy = deploy_dir_of(trusted, facts.machine)
-    found: list[Artifact] = []
     problems: list[str] = []
     out_fd = _fresh_dir(trusted, "artifacts")
-    if os.path.lexists(deploy) and not _plain_dir(trusted, deploy):
-        problems.append("the deploy folder is a symlink: refused")
     try:
-        seen: set[str] = set()
-        for rule in rules_for(catalog, job):
-            pattern = rule.glob.format(image=facts.image, rootfs=facts.rootfs, machine=facts.machine)
-            if pattern.startswith("/") or ".." in Path(pattern).parts:
-                problems.append(f"artifact rule '{rule.glob}' leaves the deploy folder: refused")
-                continue
-            names = []
-            for match in sorted(deploy.glob(pattern)) if _plain_dir(trusted, deploy) else []:
-                rel = match.relative_to(deploy)
-                if match.is_dir() and not match.is_symlink():
-                    continue  # a folder is never an artifact
-                names.append(str(rel))
-            if not names and rule.required:
-                problems.append(f"missing {rule.type} artifact {pattern}")
-            for name in names:
-                if name in seen:
-                    continue
-                seen.add(name)
-                source = _inside(deploy, name)
-                if source is None:
-                    problems.append(f"{name} leads outside the deploy folder (symlink): refused")
-                    continue
+        if os.path.lexists(deploy) and not _plain_dir(trusted, deploy):
+            problems.append("the deploy folder is a symlink: refused")
+        steps = _plan(catalog, job, deploy, _plain_dir(trusted, deploy))
+        copies = [s for s in steps if isinstance(s, _Copy)]
+        done: dict[str, tuple[int, str] | OSError] = {}
+        if copies:
+            try:
+                deploy_fd = _open_below(trusted, deploy.relative_to(trusted))
+            except OSError as exc:  # swapped for a symlink since it was looked at
+                done = dict.fromkeys((c.target for c in copies), exc)
+            else:
                 try:
-                    size, digest = _copy_hashing(source, out_fd, name.replace("/", "_"))
-                except OSError as exc:
-                    problems.append(f"{name}: {exc.strerror}: refused")
-                    continue
-                found.append(Artifact(rule.type, f"artifacts/{name.replace('/', '_')}", size, digest))
+                    done = _copy_all(deploy_fd, out_fd, copies)
+                finally:
+                    os.close(deploy_fd)
     finally:
         os.close(out_fd)
+    found: list[Artifact] = []
+    for step in steps:
+        if isinstance(step, str):
+            problems.append(step)
+            continue
+        outcome = done[step.target]
+        if isinstance(outcome, OSError):
+            problems.append(f"{step.name}: {outcome.strerror}: refused")
+        else:
+            size, digest = outcome
+            found.append(Artifact(step.type, f"artifacts/{step.target}", size, digest))
     return found, problems
+
+
+def _plan(catalog: Catalog, job: Job, deploy: Path, usable: bool) -> list[_Copy | str]:
+    """What to copy, and the problems found on the way, in rule order."""
+    facts = job_facts(catalog, job)
+    steps: list[_Copy | str] = []
+    seen: set[str] = set()
+    targets: set[str] = set()
+    for rule in rules_for(catalog, job):
+        pattern = rule.glob.format(image=facts.image, rootfs=facts.rootfs, machine=facts.machine)
+        if pattern.startswith("/") or ".." in Path(pattern).parts:
+            steps.append(f"artifact rule '{rule.glob}' leaves the deploy folder: refused")
+            continue
+        names = []
+        for match in sorted(deploy.glob(pattern)) if usable else []:
+            if match.is_dir() and not match.is_symlink():
+                continue  # a folder is never an artifact
+            names.append(str(match.relative_to(deploy)))
+        if not names and rule.required:
+            steps.append(f"missing {rule.type} artifact {pattern}")
+        for name in names:
+            if name in seen:
+                continue
+            seen.add(name)
+            source = _inside(deploy, name)
+            if source is None:
+                steps.append(f"{name} leads outside the deploy folder (symlink): refused")
+                continue
+            target = name.replace("/", "_")
+            if target in targets:  # a/b and a_b: the first one named keeps the name
+                steps.append(f"{name}: {os.strerror(errno.EEXIST)}: refused")
+                continue
+            targets.add(target)
+            steps.append(_Copy(rule.type, name, source, target))
+    return steps
+
+
+def _copy_all(deploy_fd: int, out_fd: int, copies: list[_Copy]) -> dict[str, tuple[int, str] | OSError]:
+    """Copy and hash every file, several at once, largest first; by target name."""
+
+    def one(item: _Copy) -> tuple[int, str] | OSError:
+        try:
+            return copy_hashing(deploy_fd, item.source, out_fd, item.target)
+        except OSError as exc:
+            return exc
+
+    workers = min(len(copies), WORKERS, os.cpu_count() or 1)
+    if workers <= 1:
+        return {c.target: one(c) for c in copies}
+    largest_first = sorted(copies, key=lambda c: -_size_of(deploy_fd, c.source))
+    with ThreadPoolExecutor(workers, thread_name_prefix="collect") as pool:
+        futures = {c.target: pool.submit(one, c) for c in largest_first}
+        return {target: future.result() for target, future in futures.items()}
+
+
+def _size_of(deploy_fd: int, source: str) -> int:
+    try:
+        return os.stat(source, dir_fd=deploy_fd, follow_symlinks=False).st_size
+    except OSError:
+        return 0
 
 
 def _plain_dir(base: Path, folder: Path) -> bool:
@@ -102,11 +184,39 @@ def _plain_dir(base: Path, folder: Path) -> bool:
 
 
 def _inside(deploy: Path, name: str) -> str | None:
-    """The real path of deploy/name when it is a regular file inside the deploy folder."""
+    """deploy/name's real path relative to the deploy folder, when it is a regular file in it."""
     real = os.path.realpath(deploy / name)
     if not real.startswith(str(deploy) + os.sep):
         return None
-    return real if os.path.isfile(real) else None
+    return os.path.relpath(real, deploy) if os.path.isfile(real) else None
+
+
+def _open_below(base: Path, rel: Path) -> int:
+    """The folder ``base/rel`` as an fd, reached one component at a time, no symlink followed."""
+    fd = os.open(base, OPEN_DIR)
+    try:
+        for part in rel.parts:
+            nxt = os.open(part, OPEN_DIR, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _open_source(deploy_fd: int, source: str) -> int:
+    """deploy/source for reading: every folder on the way and the file itself without a symlink."""
+    *folders, leaf = source.split("/")
+    fd = os.dup(deploy_fd)
+    try:
+        for part in folders:
+            nxt = os.open(part, OPEN_DIR, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        return os.open(leaf, OPEN_FILE, dir_fd=fd)
+    finally:
+        os.close(fd)
 
 
 def _fresh_dir(parent: Path, name: str) -> int:
@@ -127,23 +237,130 @@ def _fresh_dir(parent: Path, name: str) -> int:
         os.close(parent_fd)
 
 
-def _copy_hashing(source: str, out_fd: int, name: str) -> tuple[int, str]:
-    digest = hashlib.sha256()
-    size = 0
-    src = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
+def copy_hashing(dir_fd: int, source: str, out_fd: int, name: str) -> tuple[int, str]:
+    """Copy ``source`` (below ``dir_fd``, no symlink followed) to a new ``name`` in ``out_fd``,
+    sparsely; the copy's size and sha256. On failure nothing is left under ``name``."""
+    src = _open_source(dir_fd, source)
     try:
-        if not stat.S_ISREG(os.fstat(src).st_mode):
+        st = os.fstat(src)
+        if not stat.S_ISREG(st.st_mode):
             raise OSError(errno.EINVAL, "not a regular file")
-        dst = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=out_fd)
+        dst = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=out_fd)
         try:
-            while chunk := os.read(src, CHUNK):
-                digest.update(chunk)
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(dst, view) :]
-                size += len(chunk)
-        finally:
+            digest = _copy_sparse(src, dst, st.st_size)
+        except BaseException:
             os.close(dst)
+            os.unlink(name, dir_fd=out_fd)
+            raise
+        os.close(dst)
     finally:
         os.close(src)
-    return size, digest.hexdigest()
+    return st.st_size, digest
+
+
+def _copy_sparse(src: int, dst: int, size: int) -> str:
+    """Copy ``size`` bytes' data extents from ``src`` to the empty ``dst`` and hash ``dst``.
+
+    The kernel copies extent after extent on a helper thread while this one hashes what is
+    already copied (read back from ``dst``: the record is of the bytes we keep) and the holes."""
+    digest = hashlib.sha256()
+    pieces = list(_pieces(src, size))
+    view = memoryview(bytearray(READ_CHUNK))
+    with ThreadPoolExecutor(1, thread_name_prefix="copy") as copier:
+        copy = _Copier(src, dst).copy
+        copied: list[Future[None] | None] = [
+            copier.submit(copy, off, length) if data else None for off, length, data in pieces
+        ]
+        try:
+            for (off, length, _), done in zip(pieces, copied, strict=True):
+                if done is None:
+                    _hash_zeros(digest, length)
+                    continue
+                done.result()
+                _hash_range(digest, dst, view, off, off + length)
+        finally:
+            for future in copied:
+                if future is not None:
+                    future.cancel()
+    os.ftruncate(dst, size)  # a trailing hole, and never more than the size we record
+    return digest.hexdigest()
+
+
+def _pieces(fd: int, size: int) -> Iterator[tuple[int, int, bool]]:
+    """(offset, length, is_data) covering [0, size): holes whole, data in COPY_CHUNK pieces."""
+    off = 0
+    while off < size:
+        try:
+            data = min(os.lseek(fd, off, os.SEEK_DATA), size)
+            hole = min(os.lseek(fd, data, os.SEEK_HOLE), size) if data < size else size
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:
+                data = hole = size  # nothing but a hole from here on
+            elif exc.errno in (errno.EINVAL, errno.EOPNOTSUPP):
+                data, hole = off, size  # a filesystem that cannot tell: all data
+            else:
+                raise
+        if hole <= data < size:  # a hole punched between the two looks: copy what is there
+            hole = min(data + COPY_CHUNK, size)
+        if data > off:
+            yield off, data - off, False
+        while data < hole:
+            step = min(COPY_CHUNK, hole - data)
+            yield data, step, True
+            data += step
+        off = hole
+
+
+class _Copier:
+    """Copies ranges of ``src`` to the same place in ``dst``: by the kernel while it can (a copy
+    in the page cache, or a reflink), else by read and write for the rest of the file."""
+
+    def __init__(self, src: int, dst: int) -> None:
+        self.src, self.dst = src, dst
+        self.kernel = True
+
+    def copy(self, off: int, length: int) -> None:
+        end = off + length
+        while off < end and self.kernel:
+            try:
+                done = os.copy_file_range(self.src, self.dst, end - off, off, off)
+            except OSError as exc:
+                if exc.errno not in NO_KERNEL_COPY:
+                    raise
+                done = 0
+            if done == 0:  # refused, or a filesystem whose copy_file_range copies nothing
+                self.kernel = False
+            off += done
+        if off < end:
+            self._read_write(off, end)
+
+    def _read_write(self, off: int, end: int) -> None:
+        view = memoryview(bytearray(min(READ_CHUNK, end - off)))
+        while off < end:
+            got = os.preadv(self.src, [view[: min(end - off, len(view))]], off)
+            if got == 0:
+                raise OSError(errno.EIO, "the file shrank while it was copied")
+            part = view[:got]
+            while part:
+                wrote = os.pwrite(self.dst, part, off)
+                part = part[wrote:]
+                off += wrote
+
+
+def _hash_range(digest: hashlib._Hash, fd: int, view: memoryview, off: int, end: int) -> None:
+    """Hash [off, end) of ``fd``, read through ``view``."""
+    while off < end:
+        got = os.preadv(fd, [view[: min(end - off, len(view))]], off)
+        if got == 0:
+            raise OSError(errno.EIO, "the copy is shorter than its source")
+        digest.update(view[:got])
+        off += got
+
+
+def _hash_zeros(digest: hashlib._Hash, length: int) -> None:
+    """Hash ``length`` zero bytes (a hole) without reading them."""
+    while length >= len(ZEROS):
+        digest.update(ZEROS)
+        length -= len(ZEROS)
+    if length:
+        digest.update(ZEROS[:length])
