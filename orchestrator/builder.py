@@ -79,7 +79,54 @@ PROFILES: dict[str, list[str]] = {
         "bzip2",
         "rsync",
     ],
+    # deby: poky warrior (Yocto 2.7), as its reference manual lists the host packages for Debian
+    # ("python" is python2 now; gcc-multilib left out, as only amd64 has it), plus what warrior's
+    # HOSTTOOLS and sanity checks want of a Debian 11 host: python2.7 and distutils
+    "deby": [
+        *BASE,
+        "gawk",
+        "wget",
+        "diffstat",
+        "unzip",
+        "texinfo",
+        "build-essential",
+        "chrpath",
+        "socat",
+        "cpio",
+        "python2",
+        "python3-pexpect",
+        "python3-distutils",
+        "xz-utils",
+        "debianutils",
+        "iputils-ping",
+        "file",
+        "bzip2",
+        "gcc-9",
+        "g++-9",
+    ],
 }
+
+# Commands a profile's image runs once its packages and kas are in.
+PROFILE_STEPS: dict[str, list[str]] = {
+    # warrior reads the host compiler's version with r".* (\d\.\d)\.\d.*" (oe.utils.host_gcc_version,
+    # fixed for gcc 10 only in later branches) and stops with "Can't get compiler version from gcc
+    # --version output" on Debian 11's gcc 10, whose -fno-common default also breaks native
+    # recipes of warrior's time; gcc 9, of Debian 11 too, is the host compiler instead (diverted in
+    # /usr/bin: kas runs bitbake with PATH=/usr/sbin:/usr/bin:/sbin:/bin)
+    "deby": [
+        "for tool in gcc g++ cpp gcc-ar gcc-nm gcc-ranlib; do"
+        " dpkg-divert --local --rename --divert /usr/bin/$tool.debian --add /usr/bin/$tool >/dev/null"
+        " && ln -s $tool-9 /usr/bin/$tool; done",
+        "PATH=/usr/bin gcc --version | grep -q ' 9\\.'",
+    ],
+}
+
+# The Debian suites a profile's image can be made of, its default first (others: DEFAULT_SUITE).
+# deby's poky warrior (bitbake 1.42) imports the collections ABCs that Python 3.10 removed and
+# lists python2 in HOSTTOOLS, which Debian 12 no longer has; kas 5 needs Python 3.9, more than
+# Debian 10's 3.7. Debian 11 (Python 3.9, python2.7) is the one suite where both run.
+DEFAULT_SUITE = "bookworm"
+PROFILE_SUITES: dict[str, tuple[str, ...]] = {"deby": ("bullseye",)}
 
 ENTRYPOINT = """#!/bin/sh
 # cipbuild builder entrypoint: started as root, runs the command as CIPBUILD_UID/GID. Works with
@@ -124,19 +171,38 @@ exec setpriv --reuid="$uid" --regid="$gid" --init-groups "$@"
 
 DOCKERFILE = """FROM {base}
 COPY wheels /tmp/wheels
-RUN python3 -m pip install --no-index --no-cache-dir --break-system-packages /tmp/wheels/*.whl \\
+RUN python3 -m pip install --no-index --no-cache-dir{pip_flags} /tmp/wheels/*.whl \\
     && rm -rf /tmp/wheels \\
     && (sed -i 's/^# *en_US.UTF-8/en_US.UTF-8/' /etc/locale.gen && locale-gen >/dev/null || true)
-COPY cipbuild-entry /usr/local/bin/cipbuild-entry
+{steps}COPY cipbuild-entry /usr/local/bin/cipbuild-entry
 RUN chmod 755 /usr/local/bin/cipbuild-entry
 ENV LANG=en_US.UTF-8 LC_ALL=en_US.UTF-8
-LABEL org.cip-project.cipbuild.profile="{profile}" org.cip-project.cipbuild.kas="{kas}"
+LABEL org.cip-project.cipbuild.profile="{profile}" org.cip-project.cipbuild.suite="{suite}" \\
+    org.cip-project.cipbuild.kas="{kas}"
 ENTRYPOINT ["/usr/local/bin/cipbuild-entry"]
 """
 
 
 # The Python of each Debian suite, so wheels fit the image, not the host.
 SUITE_PYTHON = {"bullseye": "3.9", "bookworm": "3.11", "trixie": "3.13"}
+# Suites whose Python is marked externally managed (PEP 668); bullseye's pip 20.3 does not know
+# the flag that installs over it.
+EXTERNALLY_MANAGED = {"bookworm", "trixie"}
+
+
+def suite_of(profile: str, suite: str | None) -> str:
+    """The Debian suite of ``profile``'s image: ``suite`` when the profile runs on it, else the
+    profile's own."""
+    suites = PROFILE_SUITES.get(profile)
+    if suite is None:
+        return suites[0] if suites else DEFAULT_SUITE
+    if suites and suite not in suites:
+        raise UserError(
+            f"profile '{profile}' needs Debian {' or '.join(suites)}, not {suite}",
+            where="--suite",
+            hint=f"leave --suite out, or pass --suite {suites[0]}",
+        )
+    return suite
 
 
 def wheel_target(suite: str) -> list[str]:
@@ -160,8 +226,11 @@ def wheel_target(suite: str) -> list[str]:
     ]
 
 
-def default_tag(profile: str, suite: str) -> str:
-    return f"cipbuild-builder:{profile}" if suite == "bookworm" else f"cipbuild-builder:{profile}-{suite}"
+def default_tag(profile: str, suite: str | None = None) -> str:
+    """cipbuild-builder:<profile>, with -<suite> when the image is not of the profile's own suite."""
+    own = PROFILE_SUITES.get(profile, (DEFAULT_SUITE,))[0]
+    chosen = own if suite is None else suite
+    return f"cipbuild-builder:{profile}" if chosen == own else f"cipbuild-builder:{profile}-{chosen}"
 
 
 def build_image(
@@ -169,16 +238,18 @@ def build_image(
     tag: str,
     profile: str,
     *,
-    suite: str = "bookworm",
+    suite: str | None = None,
     mirror: str | None = None,
     extra: list[str] | None = None,
     say: Callable[[str], None] = print,
 ) -> str:
-    """Make the builder image ``tag`` with ``engine`` (docker or podman); returns the image id."""
+    """Make the builder image ``tag`` with ``engine`` (docker or podman); returns the image id.
+    ``suite`` defaults to the profile's own (bookworm but for deby)."""
     if profile not in PROFILES:
         from .catalog import suggest
 
         raise UserError(f"unknown profile '{profile}'", where="--profile", hint=suggest(profile, PROFILES))
+    suite = suite_of(profile, suite)
     for tool in ("mmdebstrap", engine if engine == "podman" else "python3"):
         if not shutil.which(tool):
             raise InfrastructureError(f"{tool} is not installed (apt-get install {tool})")
@@ -212,7 +283,12 @@ def build_image(
         (context / "cipbuild-entry").write_text(ENTRYPOINT, encoding="utf-8")
         name, _, version = tag.rpartition(":") if ":" in tag.rsplit("/", 1)[-1] else (tag, "", "latest")
         base = f"{name}-rootfs:{version}"
-        (context / "Dockerfile").write_text(DOCKERFILE.format(base=base, profile=profile, kas=kas_version))
+        pip_flags = " --break-system-packages" if suite in EXTERNALLY_MANAGED else ""
+        steps = "".join(f"RUN {step}\n" for step in PROFILE_STEPS.get(profile, []))
+        dockerfile = DOCKERFILE.format(
+            base=base, profile=profile, suite=suite, kas=kas_version, pip_flags=pip_flags, steps=steps
+        )
+        (context / "Dockerfile").write_text(dockerfile)
         say(f"import the rootfs as {base}, build {tag}")
         if engine == "podman":
             _run(["podman", "import", str(rootfs), base], "podman import")
@@ -242,6 +318,9 @@ def _docker_build(rootfs: Path, base: str, tag: str, context: Path) -> str:
 def _run(cmd: list[str], what: str) -> str:
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        raise InfrastructureError(f"{what} failed ({proc.returncode}): {' | '.join(tail)}")
+        lines = (proc.stderr or proc.stdout).strip().splitlines()
+        # apt and mmdebstrap say why on their first "E:" line, then clean up at length
+        errors = [line for line in lines if line.startswith("E: ")]
+        said = errors[:1] + lines[-2:] if errors else lines[-3:]
+        raise InfrastructureError(f"{what} failed ({proc.returncode}): {' | '.join(said)}")
     return proc.stdout

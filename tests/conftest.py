@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from buildworld import BUILDER_IMAGE, World, open_to_builder
 from kasfixture import Upstreams, make_test_catalog, make_upstreams
 
-pytest_plugins = ["s3fixtures", "lavafixtures"]  # the real S3 server and the fault proxy; the real LAVA
+pytest_plugins = ["s3fixtures", "lavafixtures", "registryfixture"]  # real S3 + fault proxy; real LAVA; a real registry
 
 CATALOG_PARTS = ("boards", "options", "distros", "recipes", "kas", "schemas", "testplans")
 

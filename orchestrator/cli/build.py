@@ -144,7 +144,7 @@ def build(
         raise UserError(
             "say what to build",
             where="build",
-            hint="a board (-b qemu-amd64), a recipe (-r hands-on) or job ids; `cipbuild plan` lists them",
+            hint=f"{what_to_build(cat)}; `cipbuild plan` lists them",
         )
     from ..compress import check_method
     from ..matrix import make_plan
@@ -199,6 +199,14 @@ def build(
         from ..errors import BuildError
 
         raise BuildError(f"not reproducible: {', '.join(unreproducible)}; see reproducibility.json in each job folder")
+
+
+def what_to_build(cat: Catalog) -> str:
+    """How to say what to build, with names from the loaded catalogue."""
+    board = next(iter(sorted(cat.boards)), None)
+    recipe = next(iter(sorted(cat.recipe_files)), None)
+    ways = ([f"a board (-b {board})"] if board else []) + ([f"a recipe (-r {recipe})"] if recipe else [])
+    return ", ".join(ways) + (" or job ids" if ways else "job ids")
 
 
 def disk_text(result: BuildResult) -> str:
