@@ -32,10 +32,10 @@ from . import __version__
 from .artifacts import Artifact, collect, rules_for
 from .builder import ENTRYPOINT
 from .cancel import CancelToken
-from .catalog import Catalog
+from .catalog import Catalog, local_repo_paths
 from .diskuse import remove_tree, usage
 from .errors import InfrastructureError, UserError
-from .kasfile import job_facts, job_record, render, repos_of
+from .kasfile import job_facts, job_record, kas_body, render, repos_of
 from .matrix import Job
 from .rebuild import record_success, why_rebuilt
 from .runtime import LABEL, RunSpec, Runtime, build_user
@@ -305,7 +305,9 @@ def sstate_mirror(environ: Mapping[str, str]) -> str | None:
 def inputs_of(ctx: BuildContext, job: Job, kas_text: str) -> dict[str, object]:
     image = ctx.image_for(job)
     return {
-        "kas_file_sha256": hashlib.sha256(kas_text.encode()).hexdigest(),
+        # its body: the header comments name cipbuild's version (an input of its own) and where the
+        # catalogue lies, which must not make runners with other checkout paths rebuild
+        "kas_file_sha256": hashlib.sha256(kas_body(kas_text).encode()).hexdigest(),
         "upstream": {
             n: {"url": ctx.catalog.repos.repos[n].url, "commit": ctx.catalog.repos.repos[n].commit}
             for n in repos_of(ctx.catalog, job)
@@ -609,7 +611,7 @@ def prepare_folder(ctx: BuildContext, job: Job, attempt: int) -> RunSpec:
         workdir=job_dir,
         env={**env, "CIPBUILD_UID": str(uid), "CIPBUILD_GID": str(gid)},
         mounts=(job_dir, ctx.cache_dir) + ((ctx.sstate_dir,) if ctx.sstate_dir else ()),
-        readonly_mounts=ctx.mirrors,
+        readonly_mounts=(*ctx.mirrors, *local_repo_paths(ctx.catalog)),  # file:// repos at their own path
         image=ctx.image_for(job),
         entrypoint=["sh", str(job_dir / "entry.sh")],
         privileged=ctx.catalog.distros[job.distro].build_system == "isar",

@@ -217,26 +217,39 @@ def load_catalog(root: Path, *, cache: bool = True) -> Catalog:
             hint="point --catalog or CIPBUILD_CATALOG at a folder with boards/ options/ distros/",
         )
     cache_file = _cache_file(root) if cache else None
-    if cache_file is not None and cache_file.is_file():
-        try:
-            with cache_file.open("rb") as fh:
-                cached = pickle.load(fh)
-            if isinstance(cached, Catalog) and cached.root == root:
-                return cached
-        except Exception:  # a stale or truncated cache is rebuilt, never fatal
-            pass
-    catalog = _load_catalog(root)
-    if cache_file is not None:
-        try:
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
-            with tmp.open("wb") as fh:
-                pickle.dump(dataclasses.replace(catalog, docs={}, _recipes=_valid_recipes(catalog)), fh)
-            tmp.replace(cache_file)
-            _prune_cache(cache_file)
-        except OSError:
-            pass
+    catalog = _cached(cache_file, root)
+    if catalog is None:
+        catalog = _load_catalog(root)
+        if cache_file is not None:
+            _store(cache_file, catalog)
+    # outside the catalogue, so not covered by the cache: checked on every load
+    check_local_repos(catalog)
     return catalog
+
+
+def _cached(cache_file: Path | None, root: Path) -> Catalog | None:
+    if cache_file is None or not cache_file.is_file():
+        return None
+    try:
+        with cache_file.open("rb") as fh:
+            cached = pickle.load(fh)
+        if isinstance(cached, Catalog) and cached.root == root:
+            return cached
+    except Exception:  # a stale or truncated cache is rebuilt, never fatal
+        pass
+    return None
+
+
+def _store(cache_file: Path, catalog: Catalog) -> None:
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
+        with tmp.open("wb") as fh:
+            pickle.dump(dataclasses.replace(catalog, docs={}, _recipes=_valid_recipes(catalog)), fh)
+        tmp.replace(cache_file)
+        _prune_cache(cache_file)
+    except OSError:
+        pass
 
 
 def _valid_recipes(catalog: Catalog) -> dict[str, RecipeFile]:
@@ -250,10 +263,14 @@ def _valid_recipes(catalog: Catalog) -> dict[str, RecipeFile]:
     return out
 
 
+def cache_dir() -> Path:
+    """cipbuild's folder in the user's cache (XDG_CACHE_HOME, else ~/.cache)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")) / "cipbuild"
+
+
 def _cache_file(root: Path) -> Path | None:
     """The cache entry for ``root``: keyed by the contents of every catalogue file and of
     cipbuild's own code, so no edit, however small, is served stale."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     digest = hashlib.sha256(f"{__version__}\0{sys.version}\0{root.resolve()}".encode())
     code = sorted(Path(__file__).parent.glob("*.py"))
     try:
@@ -267,7 +284,7 @@ def _cache_file(root: Path) -> Path | None:
             _hash_into(digest, path)
     except OSError:
         return None
-    return Path(base) / "cipbuild" / f"catalog-{digest.hexdigest()[:32]}.pickle"
+    return cache_dir() / f"catalog-{digest.hexdigest()[:32]}.pickle"
 
 
 def _hash_into(digest: Any, path: Path) -> None:
@@ -424,7 +441,7 @@ def check_catalog(catalog: Catalog) -> None:
                 suggest(distro.default_release, distro.releases),
             )
         for rel_name, release in distro.releases.items():
-            if release.default_kernel not in distro.kernels:
+            if release.default_kernel is not None and release.default_kernel not in distro.kernels:
                 raise doc.error(
                     ("releases", rel_name, "default_kernel"),
                     f"kernel '{release.default_kernel}' is not in 'kernels'",
@@ -436,6 +453,8 @@ def check_catalog(catalog: Catalog) -> None:
         for ver, kernel in distro.kernels.items():
             _check_fragments(catalog, doc, ("kernels", ver, "kas"), kernel.kas, distro.repos)
         known_order = {"board", "release", "kernel"} | {o for o, f in catalog.options.items() if name in f.distros}
+        # a distro that builds its distribution's own kernel has no kernel fragments to place
+        needed = known_order if distro.kernels else known_order - {"kernel"}
         for i, entry in enumerate(distro.order):
             if entry not in known_order:
                 raise doc.error(
@@ -448,7 +467,7 @@ def check_catalog(catalog: Catalog) -> None:
                 raise doc.error(
                     ("order", i), f"'{entry}' appears twice in order", "list every option of the distro once"
                 )
-        missing = sorted(known_order - set(distro.order))
+        missing = sorted(needed - set(distro.order))
         if missing:
             raise doc.error(
                 ("order",), f"order does not place {', '.join(missing)}", "list every option of the distro once"
@@ -478,6 +497,129 @@ def check_catalog(catalog: Catalog) -> None:
                         )
     _check_implies_cycles(catalog)
     _check_job_ids(catalog)
+    _check_kas_fragments(catalog)
+
+
+def local_fragments(catalog: Catalog) -> list[str]:
+    """Every fragment of the catalogue's own kas/ folder that some job includes, once each."""
+    refs: list[KasRef | str] = []
+    for distro in catalog.distros.values():
+        refs += distro.base
+        refs += [frag for release in distro.releases.values() for frag in release.kas]
+        refs += [frag for kernel in distro.kernels.values() for frag in kernel.kas]
+    for board in catalog.boards.values():
+        refs += [frag for port in board.distros.values() for frag in port.kas]
+    for option in catalog.options.values():
+        refs += [frag for port in option.distros.values() for frag in port.kas]
+    return list(dict.fromkeys(frag for frag in refs if isinstance(frag, str)))
+
+
+def _check_kas_fragments(catalog: Catalog) -> None:
+    """Each local fragment against kas's own schema, so a typo (``local_conf_heder``) is found
+    here with its file and line rather than by kas inside the build container."""
+    from .kasfile import kas_problem
+    from .yamlfile import load_yaml
+
+    for frag in local_fragments(catalog):
+        path = catalog.root / frag
+        doc = load_yaml(path, display=catalog._shown(path))
+        if not isinstance(doc.data, dict):
+            raise doc.error((), "a kas fragment must be a mapping")
+        header = doc.data.get("header")
+        if isinstance(header, dict) and header.get("includes"):
+            raise doc.error(
+                ("header", "includes"),
+                "cipbuild's own fragments cannot include other files",
+                "list the included files in the catalogue instead",
+            )
+        problem = kas_problem(doc.data, fragment=True)
+        if problem is not None:
+            raise doc.error(problem.loc, problem.message, problem.hint)
+
+
+def used_repos(catalog: Catalog) -> list[str]:
+    """The pinned repositories some job of the catalogue checks out."""
+    names = [name for distro in catalog.distros.values() for name in distro.repos]
+    names += [name for board in catalog.boards.values() for port in board.distros.values() for name in port.repos]
+    names += [name for opt in catalog.options.values() for port in opt.distros.values() for name in port.repos]
+    return [name for name in catalog.repos.repos if name in set(names)]
+
+
+def file_url_path(url: str) -> Path | None:
+    """The folder a ``file://`` URL names (absolute, as written: symlinks are kept), else None."""
+    from urllib.parse import unquote, urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme != "file":
+        return None
+    return Path(os.path.normpath(unquote(parts.path) or "/"))
+
+
+def local_repo_paths(catalog: Catalog) -> tuple[Path, ...]:
+    """The folders of the ``file://`` repositories the catalogue's jobs use, in pin order: a build
+    container needs each of them, read-only, at this same path."""
+    paths = (file_url_path(catalog.repos.repos[name].url) for name in used_repos(catalog))
+    return tuple(dict.fromkeys(p for p in paths if p is not None))
+
+
+MIRROR_HINT = "or pin the upstream URL and give a folder of local clones to `cipbuild build --mirror DIR`"
+
+
+def check_local_repos(catalog: Catalog) -> None:
+    """A ``file://`` repository must be a git repository on this machine (bare or not): kas clones
+    it inside the build container, which fails far later and less clearly."""
+    from urllib.parse import urlsplit
+
+    for name in used_repos(catalog):
+        url = catalog.repos.repos[name].url
+        path = file_url_path(url)
+        if path is None:
+            continue
+        host = urlsplit(url).netloc
+        try:
+            problem, hint = _local_repo_problem(path, host)
+        except (OSError, ValueError) as exc:  # a NUL byte, a path too long, no permission
+            problem = f"{str(path)!r} cannot be read: {getattr(exc, 'strerror', None) or exc}"
+            hint = f"name a readable folder, {MIRROR_HINT}"
+        if problem:
+            raise _repos_doc(catalog).error(("repos", name, "url"), f"repository '{name}': {problem}", hint)
+
+
+def _local_repo_problem(path: Path, host: str) -> tuple[str, str] | tuple[None, None]:
+    """What is wrong with a file:// repository at ``path`` and what would be right; (None, None)
+    when it is a git repository."""
+    if host not in ("", "localhost"):
+        return (
+            f"names the host '{host}'; a file:// URL names a folder on this machine",
+            f"write file:///absolute/path, {MIRROR_HINT}",
+        )
+    if not path.exists():
+        return f"{path} does not exist", f"clone the repository there, {MIRROR_HINT}"
+    if not path.is_dir():
+        return f"{path} is not a folder", f"point it at a git repository, {MIRROR_HINT}"
+    if (path / ".git").is_file():
+        return (
+            f"{path} is a git worktree or submodule whose repository lies elsewhere (.git is a file)",
+            f"point the URL at the repository itself, {MIRROR_HINT}",
+        )
+    if not (path / ".git").is_dir() and not _bare_repository(path):
+        return (
+            f"{path} is not a git repository (no .git folder, and not a bare repository)",
+            f"clone the repository there, {MIRROR_HINT}",
+        )
+    return None, None
+
+
+def _bare_repository(path: Path) -> bool:
+    return (path / "HEAD").is_file() and (path / "objects").is_dir() and (path / "refs").is_dir()
+
+
+def _repos_doc(catalog: Catalog) -> YamlDoc:
+    """kas/repos.yml as parsed (read again when the catalogue came from the cache)."""
+    from .yamlfile import load_yaml
+
+    path = catalog.root / "kas" / "repos.yml"
+    return catalog.docs.get(path) or load_yaml(path, display=catalog._shown(path))
 
 
 def _check_port(catalog: Catalog, doc: YamlDoc, distro: str, repos: list[str], kas: list[KasRef | str]) -> None:

@@ -1,14 +1,14 @@
 """The job id grammar, and the proof that a catalogue's ids cannot collide.
 
 A job id is ``distro-release-board[-k<kernel>][-option...]``: the kernel only when it is not the
-release's default, the options in the distro's ``order``. Names may contain '-' themselves, so
-two different jobs could join to the same text (board ``qemu-amd64-rt`` and board ``qemu-amd64``
-with option ``rt``). Every id is a word over the '-'-separated segments, accepted by a small
-automaton with one path per combination of names; ids collide exactly when that automaton is
-ambiguous, which a search over pairs of its states decides in polynomial time (no enumeration of
-jobs). The automaton ignores the rules, so a catalogue is refused when any two combinations
-collide, even one its rules exclude: conservative, never blind. A collision comes back as the id
-and both jobs.
+release's default (so never for a distro that builds its distribution's own kernel), the options
+in the distro's ``order``. Names may contain '-' themselves, so two different jobs could join to
+the same text (board ``qemu-amd64-rt`` and board ``qemu-amd64`` with option ``rt``). Every id is
+a word over the '-'-separated segments, accepted by a small automaton with one path per
+combination of names; ids collide exactly when that automaton is ambiguous, which a search over
+pairs of its states decides in polynomial time (no enumeration of jobs). The automaton ignores
+the rules, so a catalogue is refused when any two combinations collide, even one its rules
+exclude: conservative, never blind. A collision comes back as the id and both jobs.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ class IdGrammar:
     """What one distro puts into its job ids."""
 
     distro: str
-    releases: Mapping[str, str]  # release -> its default kernel, which ids leave out
+    releases: Mapping[str, str]  # release -> its default kernel, which ids leave out ("": none)
     boards: Sequence[str]
-    kernels: Sequence[str]
+    kernels: Sequence[str]  # empty for a distro that uses its distribution's kernel
     options: Sequence[str]  # in the distro's order
 
 
@@ -48,7 +48,7 @@ def grammars_of(catalog: Catalog) -> list[IdGrammar]:
     return [
         IdGrammar(
             dname,
-            {name: release.default_kernel for name, release in d.releases.items()},
+            {name: release.default_kernel or "" for name, release in d.releases.items()},
             sorted(b for b, f in catalog.boards.items() if dname in f.distros),
             list(d.kernels),
             catalog.options_of(dname),

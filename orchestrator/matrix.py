@@ -18,7 +18,7 @@ from functools import cached_property
 from .catalog import Catalog, suggest
 from .errors import UserError
 from .jobids import grammars_of, parse
-from .models import Condition, RecipeFile
+from .models import Condition, DistroFile, RecipeFile
 from .optiontree import OptionTree, Table
 from .rules import DistroIndex, conflicts_rule, matches_base, matches_options, requires_rule
 
@@ -29,6 +29,19 @@ NO_KERNEL = "kernel-not-in-distro"
 NO_OPTION = "option-not-in-distro"
 SHAPE = {NO_BOARD, NO_RELEASE, NO_KERNEL, NO_OPTION}
 RECIPE_EXCLUDE = "recipe-exclude"
+# The kernel of a job of a distro that lists no kernels: it builds its distribution's own kernel,
+# and its jobs name none (not in ids, plans or --kernel).
+DISTRIBUTION_KERNEL = ""
+
+
+def kernels_of(distro: DistroFile) -> list[str]:
+    """The kernels a distro's jobs may have, in its order."""
+    return list(distro.kernels) or [DISTRIBUTION_KERNEL]
+
+
+def default_kernel(distro: DistroFile, release: str) -> str:
+    """The kernel of a job of ``release`` that names none."""
+    return distro.releases[release].default_kernel or DISTRIBUTION_KERNEL
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +51,7 @@ class Job:
     distro: str
     release: str
     board: str
-    kernel: str
+    kernel: str  # DISTRIBUTION_KERNEL ("") when the distro lists no kernels
     options: tuple[str, ...] = ()
     kernel_is_default: bool = True
     waived: tuple[tuple[str, str], ...] = ()  # (rule id, reason)
@@ -46,7 +59,7 @@ class Job:
     @property
     def id(self) -> str:
         parts = [self.distro, self.release, self.board]
-        if not self.kernel_is_default:
+        if self.kernel and not self.kernel_is_default:
             parts.append(f"k{self.kernel}")
         parts.extend(self.options)
         return "-".join(parts)
@@ -187,7 +200,7 @@ class Expander:
         self, distro: str, release: str, board: str, kernel: str, mask: int, waived: tuple[tuple[str, str], ...] = ()
     ) -> Job:
         ix = self.index[distro]
-        default = ix.distro.releases[release].default_kernel if release in ix.distro.releases else kernel
+        default = default_kernel(ix.distro, release) if release in ix.distro.releases else kernel
         return Job(distro, release, board, kernel, ix.names(mask), kernel == default, waived)
 
     def excluded_job_of(self, distro: str, release: str, board: str, kernel: str, mask: int) -> Job:
@@ -195,7 +208,7 @@ class Expander:
         billions of excluded option sets."""
         ix = self.index[distro]
         names = tuple(o for o in ix.options if mask & ix.bit[o])
-        return Job(distro, release, board, kernel, names, kernel == ix.distro.releases[release].default_kernel)
+        return Job(distro, release, board, kernel, names, kernel == default_kernel(ix.distro, release))
 
     def closure_names(self, job: Job) -> tuple[str, ...]:
         """The job's options with everything they imply."""
@@ -230,7 +243,7 @@ class Expander:
         for release in ix.distro.releases:
             if sel.releases and release not in sel.releases:
                 continue
-            for kernel in ix.distro.kernels:
+            for kernel in kernels_of(ix.distro):
                 if sel.kernels and kernel not in sel.kernels:
                     continue
                 for board, arch in boards:
@@ -274,7 +287,7 @@ class Expander:
             return None
         ix = self.index[distro]
         if kernel == "default":
-            kernel = ix.distro.releases[release].default_kernel
+            kernel = default_kernel(ix.distro, release)
         bfile = self.catalog.boards[board]
         mask = ix.mask(options)
         job = self.job_of(distro, release, board, kernel, mask)
@@ -294,7 +307,7 @@ class Expander:
         key = (
             list(self.index).index(distro),
             list(ix.distro.releases).index(release),
-            list(ix.distro.kernels).index(kernel),
+            kernels_of(ix.distro).index(kernel),
             boards.index(board),
             mask,
         )
@@ -371,7 +384,7 @@ class Expander:
         bfile = self.catalog.boards[board]
         rel = dfile.releases.get(release)
         if kernel == "default":
-            kernel = rel.default_kernel if rel else "default"
+            kernel = default_kernel(dfile, release) if rel else "default"
         unknown_opts = [o for o in options if o not in ix.bit]
         mask = ix.canonical(ix.mask(o for o in options if o in ix.bit))
         names = ix.names(mask) + tuple(unknown_opts)
@@ -381,14 +394,14 @@ class Expander:
             board,
             kernel,
             names,
-            kernel == "default" or (rel is not None and kernel == rel.default_kernel),
+            kernel == "default" or (rel is not None and kernel == default_kernel(dfile, release)),
         )
         shape: list[str] = []
         if distro not in bfile.distros:
             shape.append(NO_BOARD)
         if rel is None:
             shape.append(NO_RELEASE)
-        if kernel != "default" and kernel not in dfile.kernels:
+        if kernel != "default" and kernel not in kernels_of(dfile):
             shape.append(NO_KERNEL)
         if unknown_opts:
             shape.append(NO_OPTION)
@@ -400,6 +413,8 @@ class Expander:
     def _excludes(self, cond: Condition, job: Job, distros: list[str] | None) -> bool:
         if distros is not None and job.distro not in distros:
             return False
+        if cond.kernel is not None and job.kernel == DISTRIBUTION_KERNEL:
+            return False  # a job without a kernel of its own meets no kernel condition
         arch = self.catalog.boards[job.board].arch
         return matches_base(cond, job.board, arch, job.release, job.kernel) and matches_options(
             cond, self.closure_names(job)
@@ -506,7 +521,10 @@ def validate_selection(sel: Selection, catalog: Catalog) -> None:
         for value in values:
             if value not in known:
                 kind = flag.lstrip("-")
-                raise UserError(f"unknown {kind} '{value}'", where=flag, hint=suggest(value, known))
+                hint = suggest(value, known)
+                if flag == "--kernel" and not known:
+                    hint = "no distro of this catalogue lists kernels: each builds its distribution's own"
+                raise UserError(f"unknown {kind} '{value}'", where=flag, hint=hint)
 
 
 def adhoc_specs(catalog: Catalog, sel: Selection) -> list[tuple[str, str, str, str, Sequence[str]]]:
@@ -573,19 +591,26 @@ def parse_job_id(catalog: Catalog, job_id: str) -> tuple[str, str, str, str, tup
         distro = next((d for d in catalog.distros if job_id.startswith(f"{d}-")), None)
         if asked and distro and asked[1] not in catalog.distros[distro].kernels:
             kernels = catalog.distros[distro].kernels
-            raise UserError(
-                f"'{job_id}': unknown kernel {asked[1]} for {distro}", where="JOB_ID", hint=suggest(asked[1], kernels)
-            )
-        raise UserError(
-            f"'{job_id}' is not a job id",
-            where="JOB_ID",
-            hint="ids look like isar-bookworm-qemu-amd64-security; `cipbuild plan` lists them",
-        )
+            hint = suggest(asked[1], kernels) if kernels else f"{distro} builds its distribution's own kernel"
+            raise UserError(f"'{job_id}': unknown kernel {asked[1]} for {distro}", where="JOB_ID", hint=hint)
+        raise UserError(f"'{job_id}' is not a job id", where="JOB_ID", hint=nearest_ids(catalog, job_id))
     parts = dict(tokens)  # one distro, release, board and kernel at most; options listed apart
     options = tuple(name for what, name in tokens if what == "option")
     if len(set(options)) < len(options):
         raise UserError(f"'{job_id}' names an option twice", where="JOB_ID", hint="name each option once")
     return parts["distro"], parts["release"], parts["board"], parts.get("kernel", "default"), options
+
+
+def nearest_ids(catalog: Catalog, job_id: str) -> str:
+    """'did you mean' the nearest ids of this catalogue, or what one of its ids looks like."""
+    import difflib
+
+    every = [job.id for job in Expander(catalog).expand_all().iter_jobs()]
+    near = difflib.get_close_matches(job_id, every, n=3, cutoff=0.6)
+    if near:
+        return f"did you mean {' or '.join(repr(n) for n in near)}? `cipbuild plan` lists them"
+    example = f"ids look like {every[0]}; " if every else ""
+    return f"{example}`cipbuild plan` lists them"
 
 
 def resolve_job(catalog: Catalog, job_id: str) -> Job:

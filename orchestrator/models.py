@@ -9,9 +9,17 @@ from __future__ import annotations
 import re
 import string
 from pathlib import PurePosixPath
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 # One pattern for every name that becomes part of a job id, a folder or a file name: no '/', no
 # leading, trailing or doubled separator, so a name is never a path and ids split cleanly on '-'.
@@ -67,10 +75,15 @@ def _relative_path(value: str) -> str:
     return value
 
 
-RelativePath = Annotated[str, Field(min_length=1), AfterValidator(_relative_path)]
+# the same test for the JSON Schema (pydantic's own regex engine has no lookahead)
+RELATIVE_PATH = r"^(?!/)(?!(?:.*/)?\.\.(?:/|$))[^\\]+$"
+RelativePath = Annotated[
+    str, Field(min_length=1, json_schema_extra={"pattern": RELATIVE_PATH}), AfterValidator(_relative_path)
+]
 IMAGE_FIELDS = ("target", "distro", "machine", "release", "suffix")
 ARTIFACT_FIELDS = ("image", "rootfs", "machine")
-Version = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)*$", description="a version like 6.1 or 5.10")]
+VERSION = r"^[0-9]+(\.[0-9]+)*$"
+Version = Annotated[str, Field(pattern=VERSION, description="a version like 6.1 or 5.10")]
 Arch = Literal["amd64", "arm64", "armhf", "riscv64", "i386"]
 ArtifactType = Literal[
     "wic",
@@ -93,6 +106,22 @@ ArtifactType = Literal[
     "sbom",
     "other",
 ]
+
+
+def _leave_out(schema: dict[str, Any]) -> None:
+    """JSON Schema of a field that is left out rather than set to null: no null, no default."""
+    schema.pop("default", None)
+    if "anyOf" in schema:
+        branches = [b for b in schema.pop("anyOf") if b != {"type": "null"}]
+        if len(branches) == 1:
+            schema.update(branches[0])
+        else:
+            schema["anyOf"] = branches
+
+
+def optional(**kwargs: Any) -> Any:
+    """A field that may be left out (then None) but not set to null."""
+    return Field(default=None, json_schema_extra=_leave_out, **kwargs)
 
 
 class Model(BaseModel):
@@ -218,7 +247,9 @@ class OptionFile(Model):
 class Release(Model):
     kas: list[KasFragment] = Field(default_factory=list)
     distro: BitbakeName = Field(description="bitbake DISTRO for this release")
-    default_kernel: Version
+    default_kernel: Version | None = Field(
+        default=None, description="the kernel of a job that names none; required when the distro lists kernels"
+    )
     debian: Version = Field(description="Debian version number")
 
 
@@ -228,7 +259,8 @@ class Kernel(Model):
 
 
 class Selector(Model):
-    """A condition on one field of a candidate job."""
+    """A condition on one field of a candidate job as the rules read it, parsed from one of the
+    forms ``NameSelector``, ``ArchSelector`` and ``KernelSelector`` describe (never written so)."""
 
     any_of: list[str] | None = None
     none_of: list[str] | None = None
@@ -236,38 +268,122 @@ class Selector(Model):
     at_least: Version | None = None
 
 
-def _selector(value: Any) -> Any:
-    if isinstance(value, (str, int)):
-        return {"any_of": [str(value)]}
-    if isinstance(value, list):
-        return {"any_of": [str(v) for v in value]}
-    if isinstance(value, dict) and "not" in value:
-        rest = {k: v for k, v in value.items() if k != "not"}
-        neg = value["not"]
-        return {**rest, "none_of": [str(neg)] if isinstance(neg, (str, int)) else neg}
-    return value
+Names = Annotated[list[Name], Field(min_length=1)]
+Versions = Annotated[list[Version], Field(min_length=1)]
+Archs = Annotated[list[Arch], Field(min_length=1)]
+
+
+class NotNames(Model):
+    """Any value but these."""
+
+    not_: Name | Names = Field(alias="not")
+
+
+class NotArchs(Model):
+    """Any architecture but these."""
+
+    not_: Arch | Archs = Field(alias="not")
+
+
+class KernelRange(Model):
+    """Kernels not in ``not``, below ``below`` and at least ``at_least`` (give one or more)."""
+
+    model_config = ConfigDict(json_schema_extra={"minProperties": 1})
+
+    not_: Version | Versions | None = optional(alias="not")
+    below: Version | None = optional()
+    at_least: Version | None = optional()
+
+
+# What a condition's fields may say; the JSON Schema shows these forms, the loader parses them.
+NameSelector = Name | Names | NotNames
+ArchSelector = Arch | Archs | NotArchs
+KernelSelector = Version | Versions | KernelRange
+ARCHES: tuple[str, ...] = get_args(Arch)
+_SELECTOR_VALUES: dict[str, tuple[str, str]] = {  # field -> (pattern of a value, what a value is)
+    "board": (NAME, "a board name"),
+    "release": (NAME, "a release name"),
+    "arch": ("|".join(ARCHES), "an architecture (" + ", ".join(ARCHES) + ")"),
+    "kernel": (VERSION, 'a kernel version such as "6.1"'),
+}
+
+
+def _value(item: Any, field: str) -> str:
+    pattern, what = _SELECTOR_VALUES[field]
+    if isinstance(item, str) and re.fullmatch(pattern, item):
+        return item
+    if item is None:
+        raise ValueError(f"no value: name {what}, or leave the field out")
+    if isinstance(item, (int, float)) and not isinstance(item, bool):
+        raise ValueError(f"{item!r} is a number, not {what}: quote it")
+    raise ValueError(f"{item!r} is not {what}")
+
+
+def _values(value: Any, field: str) -> list[str]:
+    """A value or a non-empty list of values of the field's kind."""
+    if not isinstance(value, list):
+        return [_value(value, field)]
+    if not value:
+        raise ValueError("an empty list matches nothing: name a value or leave the field out")
+    return [_value(item, field) for item in value]
+
+
+def _selector(value: Any, field: str) -> dict[str, Any]:
+    """One of the forms of ``NameSelector``, ``ArchSelector`` or ``KernelSelector`` as a ``Selector``."""
+    if not isinstance(value, dict):
+        return {"any_of": _values(value, field)}
+    keys = ("not", "below", "at_least") if field == "kernel" else ("not",)
+    extra = [k for k in value if k not in keys]
+    if extra or not value:
+        found = f"'{extra[0]}'" if extra else "nothing"
+        raise ValueError(f"a mapping here takes {' or '.join(repr(k) for k in keys)}; found {found}")
+    out: dict[str, Any] = {key: _value(value[key], field) for key in ("below", "at_least") if key in value}
+    if "not" in value:
+        out["none_of"] = _values(value["not"], field)
+    return out
+
+
+def _one_or_many(value: Any) -> Any:
+    """A single name where a list is expected is a one-item list."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        raise ValueError(f"{value!r} is a number, not a name: quote it")
+    return [value] if isinstance(value, str) else value
 
 
 class Condition(Model):
     """Every given field must match. A value is a name, a list (any of), ``{not: ...}``, or for
     ``kernel`` ``{below: V}`` / ``{at_least: V}``; ``options`` needs all, ``options_any`` one."""
 
-    board: Selector | None = None
-    arch: Selector | None = None
-    release: Selector | None = None
-    kernel: Selector | None = None
-    options: list[Name] | None = None
-    options_any: list[Name] | None = None
+    model_config = ConfigDict(json_schema_extra={"minProperties": 1})
 
-    @field_validator("board", "arch", "release", "kernel", mode="before")
+    board: Selector | None = optional()
+    arch: Selector | None = optional()
+    release: Selector | None = optional()
+    kernel: Selector | None = optional()
+    options: list[Name] | None = optional()
+    options_any: list[Name] | None = optional()
+
+    @field_validator("board", "release", mode="before", json_schema_input_type=NameSelector)
     @classmethod
-    def _parse_selector(cls, value: Any) -> Any:
-        return _selector(value)
+    def _parse_names(cls, value: Any, info: ValidationInfo) -> Any:
+        return _selector(value, str(info.field_name))
 
-    @field_validator("options", "options_any", mode="before")
+    @field_validator("arch", mode="before", json_schema_input_type=ArchSelector)
+    @classmethod
+    def _parse_arch(cls, value: Any) -> Any:
+        return _selector(value, "arch")
+
+    @field_validator("kernel", mode="before", json_schema_input_type=KernelSelector)
+    @classmethod
+    def _parse_kernel(cls, value: Any) -> Any:
+        return _selector(value, "kernel")
+
+    @field_validator("options", "options_any", mode="before", json_schema_input_type=Name | list[Name])
     @classmethod
     def _listify(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
+        if value is None:
+            raise ValueError("name an option or a list of them, or leave the field out")
+        return _one_or_many(value)
 
     @model_validator(mode="after")
     def _not_empty(self) -> Condition:
@@ -307,13 +423,43 @@ class DistroFile(Model):
     runner_tags: list[str] = Field(
         default_factory=list, description="GitLab runner tags of its build jobs (ci gitlab); {arch}, {distro} filled"
     )
+    kernels: dict[Version, Kernel] = Field(
+        default_factory=dict,
+        description="kernels a job may pick; leave out for a distro that builds its distribution's own kernel "
+        "(its jobs then name no kernel)",
+    )
     default_release: Name
     releases: dict[Name, Release] = Field(min_length=1)
-    kernels: dict[Version, Kernel] = Field(min_length=1)
     order: list[Name] = Field(
         description="include order: 'board', 'kernel', 'release' and option names; also the option order in job ids",
     )
     rules: list[Rule] = Field(default_factory=list)
+
+    @field_validator("releases")
+    @classmethod
+    def _default_kernels(cls, releases: dict[str, Release], info: ValidationInfo) -> dict[str, Release]:
+        if "kernels" not in info.data:
+            return releases  # the kernels are wrong: that error is reported
+        kernels = info.data["kernels"]
+        for name, release in releases.items():
+            if kernels and release.default_kernel is None:
+                raise ValueError(f"release '{name}' needs a default_kernel: the distro lists kernels")
+            if not kernels and release.default_kernel is not None:
+                raise ValueError(
+                    f"release '{name}' names default_kernel {release.default_kernel}, but the distro lists no "
+                    "kernels (leave default_kernel out, or add kernels)"
+                )
+        return releases
+
+    @field_validator("rules")
+    @classmethod
+    def _kernel_conditions(cls, rules: list[Rule], info: ValidationInfo) -> list[Rule]:
+        if info.data.get("kernels", True):
+            return rules
+        for rule in rules:
+            if rule.when.kernel is not None:
+                raise ValueError(f"rule '{rule.id}' has a kernel condition, but the distro lists no kernels")
+        return rules
 
 
 class JobSpec(Model):
@@ -326,26 +472,39 @@ class JobSpec(Model):
     options: list[Name] = Field(default_factory=list)
 
 
+KernelChoice = Version | Literal["default"]
+
+
 class Axes(Model):
+    """One set of axes: every distro x release x board x kernel x option set of it. A field left
+    out takes the recipe's default (all the distro's boards for ``board``)."""
+
     distro: list[Name] | None = None
     board: list[Name] | None = None
     release: list[Name] | None = None
-    kernel: list[Version | Literal["default"]] | None = None
+    kernel: list[KernelChoice] | None = None
     options: list[list[Name]] | None = Field(default=None, description="option sets; [] is the plain image")
 
-    @field_validator("distro", "board", "release", "kernel", mode="before")
+    @field_validator("distro", "board", "release", mode="before", json_schema_input_type=Name | list[Name] | None)
     @classmethod
     def _listify(cls, value: Any) -> Any:
-        return [str(value)] if isinstance(value, (str, int)) and not isinstance(value, bool) else value
+        return _one_or_many(value)
+
+    @field_validator("kernel", mode="before", json_schema_input_type=KernelChoice | list[KernelChoice] | None)
+    @classmethod
+    def _listify_kernel(cls, value: Any) -> Any:
+        return _one_or_many(value)
 
 
 class Exclude(Condition):
-    distro: list[Name] | None = None
+    distro: list[Name] | None = optional()
 
-    @field_validator("distro", mode="before")
+    @field_validator("distro", mode="before", json_schema_input_type=Name | list[Name])
     @classmethod
     def _listify_distro(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
+        if value is None:
+            raise ValueError("name a distro or a list of them, or leave the field out")
+        return _one_or_many(value)
 
 
 class Waiver(Model):
@@ -365,6 +524,16 @@ class Defaults(Model):
 class RecipeFile(Model):
     """recipes/<name>.yml: a named matrix."""
 
+    # what ``_something`` demands, for the JSON Schema
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["matrix"], "properties": {"matrix": {"not": {"type": "array", "maxItems": 0}}}},
+                {"required": ["include"], "properties": {"include": {"minItems": 1}}},
+            ]
+        }
+    )
+
     description: str
     defaults: Defaults = Field(default_factory=Defaults)
     matrix: list[Axes] = Field(default_factory=list, description="one set of axes, or a list of them")
@@ -372,7 +541,7 @@ class RecipeFile(Model):
     exclude: list[Exclude] = Field(default_factory=list)
     waive: list[Waiver] = Field(default_factory=list)
 
-    @field_validator("matrix", mode="before")
+    @field_validator("matrix", mode="before", json_schema_input_type=Axes | list[Axes])
     @classmethod
     def _listify(cls, value: Any) -> Any:
         return [value] if isinstance(value, dict) else value

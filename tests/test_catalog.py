@@ -281,3 +281,79 @@ def test_two_default_distros_are_refused(catalog_copy: Path) -> None:
     assert "both isar and deby say default: true" in error_of(
         catalog_copy
     ) or "both deby and isar say default: true" in error_of(catalog_copy)
+
+
+def git(*args: str) -> None:
+    import subprocess
+
+    subprocess.run(["git", *args], check=True, capture_output=True)
+
+
+@pytest.mark.parametrize("kind", ["bare", "work tree"])
+def test_a_file_url_repository_on_this_machine_is_used_and_listed(
+    catalog_copy: Path, tmp_path: Path, kind: str
+) -> None:
+    from orchestrator.catalog import local_repo_paths
+
+    repo = tmp_path / "clones" / "isar-cip-core.git"
+    git("init", "-q", *(["--bare"] if kind == "bare" else []), str(repo))
+    edit(
+        catalog_copy / "kas" / "repos.yml",
+        "https://gitlab.com/cip-project/cip-core/isar-cip-core.git",
+        f"file://{repo}",
+    )
+    assert local_repo_paths(load_catalog(catalog_copy)) == (repo,)
+
+
+@pytest.mark.parametrize(
+    ("make", "url", "problem"),
+    [
+        (None, "file://{tmp}/missing", "{tmp}/missing does not exist"),
+        ("folder", "file://{tmp}/plain", "{tmp}/plain is not a git repository (no .git folder, and not a bare"),
+        ("file", "file://{tmp}/plain", "{tmp}/plain is not a folder"),
+        ("gitfile", "file://{tmp}/plain", "{tmp}/plain is a git worktree or submodule whose repository lies"),
+        (None, "file://server/srv/isar.git", "names the host 'server'; a file:// URL names a folder on this"),
+    ],
+)
+def test_a_file_url_that_is_no_git_repository_is_refused_at_its_line(
+    catalog_copy: Path, tmp_path: Path, make: str | None, url: str, problem: str
+) -> None:
+    plain = tmp_path / "plain"
+    if make == "folder":
+        plain.mkdir()
+    elif make == "file":
+        plain.write_text("")
+    elif make == "gitfile":
+        plain.mkdir()
+        (plain / ".git").write_text("gitdir: /elsewhere/.git/worktrees/plain\n")
+    repos = catalog_copy / "kas" / "repos.yml"
+    edit(repos, "https://gitlab.com/cip-project/cip-core/isar-cip-core.git", url.format(tmp=tmp_path))
+    message = error_of(catalog_copy)
+    assert message.startswith(f"{repos}:{line_of(repos, 'url: file://')}: repository 'cip-core': ")
+    assert problem.format(tmp=tmp_path) in message
+    assert "--mirror" in message and "\n" not in message
+
+
+def test_a_file_url_repository_that_goes_away_is_refused_although_the_catalogue_is_cached(
+    catalog_copy: Path, tmp_path: Path
+) -> None:
+    repo = tmp_path / "isar-cip-core"
+    git("init", "-q", str(repo))
+    edit(
+        catalog_copy / "kas" / "repos.yml",
+        "https://gitlab.com/cip-project/cip-core/isar-cip-core.git",
+        f"file://{repo}",
+    )
+    load_catalog(catalog_copy)
+    shutil.rmtree(repo)
+    assert f"{repo} does not exist" in error_of(catalog_copy)
+
+
+def test_an_unused_file_url_repository_is_not_checked(catalog_copy: Path) -> None:
+    from orchestrator.catalog import local_repo_paths
+
+    repos = catalog_copy / "kas" / "repos.yml"
+    repos.write_text(
+        repos.read_text() + "  unused:\n    url: file:///nowhere/unused.git\n    commit: " + "a" * 40 + "\n"
+    )
+    assert local_repo_paths(load_catalog(catalog_copy)) == ()

@@ -76,7 +76,7 @@ def write(root: Path, files: dict[str, Any]) -> None:
         (root / part).mkdir(parents=True)
     (root / "kas" / "repos.yml").write_text(
         yaml.safe_dump(
-            {"header": {"version": 14}, "repos": {"up": {"url": "file:///nowhere/up.git", "commit": "0" * 40}}}
+            {"header": {"version": 14}, "repos": {"up": {"url": "https://example.invalid/up.git", "commit": "0" * 40}}}
         )
     )
     for name, data in files.items():

@@ -111,3 +111,44 @@ def test_kas_dump_accepts_every_job(catalog: Catalog, upstreams: Upstreams, tmp_
             commit = resolved[name].get("commit") or resolved[name].get("refspec")
             assert commit == upstreams.commits[name], (job.id, name, resolved[name])
             assert set(layers) <= set(resolved[name].get("layers") or {}), (job.id, name)
+
+
+def test_regenerate_line_names_the_catalogue_unless_it_is_the_built_in_one(
+    catalog: Catalog, catalog_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orchestrator.catalog import load_catalog
+
+    job_id = "isar-bookworm-qemu-amd64-security"
+    assert f"\n# Regenerate with: cipbuild kas {job_id}\n" in render(catalog, resolve_job(catalog, job_id))
+    copy = load_catalog(catalog_copy)
+    assert f"\n# Regenerate with: cipbuild --catalog {catalog_copy} kas {job_id}\n" in render(
+        copy, resolve_job(copy, job_id)
+    )
+    monkeypatch.chdir(catalog_copy.parent)  # a relative --catalog is written absolute: job.yml lives elsewhere
+    relative = load_catalog(Path(catalog_copy.name))
+    assert f"--catalog {catalog_copy} kas" in render(relative, resolve_job(relative, job_id))
+
+
+@pytest.mark.parametrize(("name", "shown"), [("my cat", "'{parent}/my cat'"), ("my\ncat", "$'{parent}/my\\ncat'")])
+def test_regenerate_line_quotes_the_catalogue_on_one_line(catalog_copy: Path, name: str, shown: str) -> None:
+    from orchestrator.catalog import load_catalog
+
+    odd = catalog_copy.rename(catalog_copy.parent / name)
+    copy = load_catalog(odd)
+    job = resolve_job(copy, "isar-bookworm-qemu-amd64")
+    text = render(copy, job)
+    line = text.splitlines()[1]
+    assert line == f"# Regenerate with: cipbuild --catalog {shown.format(parent=odd.parent)} kas {job.id}"
+    assert yaml.safe_load(text) == kas_config(copy, job)
+
+
+def test_kas_body_is_the_same_wherever_the_catalogue_lies(catalog: Catalog, catalog_copy: Path) -> None:
+    from orchestrator.catalog import load_catalog
+    from orchestrator.kasfile import kas_body
+
+    copy = load_catalog(catalog_copy)
+    job_id = "isar-bookworm-qemu-amd64-security"
+    here, there = render(catalog, resolve_job(catalog, job_id)), render(copy, resolve_job(copy, job_id))
+    assert here != there
+    assert kas_body(here) == kas_body(there)
+    assert kas_body(here).startswith("header:\n") and yaml.safe_load(kas_body(here)) == yaml.safe_load(here)

@@ -1,7 +1,9 @@
-"""Verbs that read the catalogue: boards, options, recipes, plan, kas, schema."""
+"""Verbs that read the catalogue: boards, options, recipes, plan, kas, schema; and `catalog new`,
+which starts a catalogue of your own."""
 
 from __future__ import annotations
 
+import shlex
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -11,7 +13,7 @@ import typer
 from pydantic import BaseModel
 
 from ..errors import UserError
-from ..output import print_json, print_table
+from ..output import print_json, print_line, print_table
 from .app import JsonOpt, Request, app, context, selects_jobs
 
 
@@ -146,3 +148,32 @@ def schema(
         raise UserError(f"cannot write schemas to {out}: {exc.strerror}", where="--out") from None
     for path in written:
         typer.echo(str(path))
+
+
+catalog_app = typer.Typer(
+    help="Your own catalogue, used with `cipbuild --catalog DIR` instead of the built-in one (see docs/catalogue.md).",
+    no_args_is_help=True,
+)
+app.add_typer(catalog_app, name="catalog")
+
+
+@catalog_app.command("new")
+def catalog_new(
+    folder: Annotated[Path, typer.Argument(metavar="DIR", help="The new catalogue folder (created if missing).")],
+    force: Annotated[
+        bool, typer.Option("--force", help="Write into a folder that is not empty, over files of the same name.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Start a catalogue: plain Isar's isar-image-base for QEMU x86-64 with Debian's kernel, and
+    the JSON Schemas its files name for editors. Refuses a folder that is not empty."""
+    from ..starter import JOB_ID, write_starter
+
+    written = write_starter(folder, force=force)
+    if as_json:
+        print_json({"folder": str(folder), "files": [str(p) for p in written], "job": JOB_ID})
+        return
+    for path in written:
+        print_line(str(path))
+    shown = shlex.quote(str(folder))
+    print_line(f"next: cipbuild --catalog {shown} plan; cipbuild --catalog {shown} build {JOB_ID}")
