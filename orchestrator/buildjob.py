@@ -304,7 +304,7 @@ def sstate_mirror(environ: Mapping[str, str]) -> str | None:
 
 def inputs_of(ctx: BuildContext, job: Job, kas_text: str) -> dict[str, object]:
     image = ctx.image_for(job)
-    return {
+    inputs: dict[str, object] = {
         # its body: the header comments name cipbuild's version (an input of its own) and where the
         # catalogue lies, which must not make runners with other checkout paths rebuild
         "kas_file_sha256": hashlib.sha256(kas_body(kas_text).encode()).hexdigest(),
@@ -323,6 +323,9 @@ def inputs_of(ctx: BuildContext, job: Job, kas_text: str) -> dict[str, object]:
         "artifact_rules": [r.model_dump(mode="json") for r in rules_for(ctx.catalog, job)],
         "facts": dataclasses.asdict(job_facts(ctx.catalog, job)),
     }
+    if ctx.catalog.snapshot is not None:  # in the kas file too; named here for metadata and why-rebuilt
+        inputs["debian_snapshot"] = ctx.catalog.snapshot
+    return inputs
 
 
 def redact(value: str) -> str:

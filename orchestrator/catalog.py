@@ -161,6 +161,8 @@ class Catalog:
     files: dict[tuple[str, str], Path] = field(default_factory=dict, repr=False)  # (folder, name) -> file
     testplans: dict[str, TestPlanFile] = field(default_factory=dict)
     _recipes: dict[str, RecipeFile] = field(default_factory=dict, repr=False)
+    # not from the files: `--snapshot`, the Debian snapshot isar jobs take their packages from
+    snapshot: str | None = None
 
     @property
     def default_distro(self) -> str:

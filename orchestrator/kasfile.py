@@ -14,6 +14,7 @@ import os
 import re
 import shlex
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -130,16 +131,51 @@ def kas_config(catalog: Catalog, job: Job) -> dict[str, Any]:
         "repos": repos,
     }
     _merge(config, local)
+    if catalog.snapshot is not None:
+        # isar's own switch and date (bitbake.conf, bootstrap.bbclass); kas writes local.conf's
+        # sections sorted by name, so this one comes last and wins over a fragment's
+        config.setdefault("local_conf_header", {})[SNAPSHOT_SECTION] = (
+            f'ISAR_USE_APT_SNAPSHOT = "1"\nISAR_APT_SNAPSHOT_DATE = "{catalog.snapshot}"\n'
+        )
     return config
+
+
+SNAPSHOT_SECTION = "zz-cipbuild-apt-snapshot"
+SNAPSHOT_FORMAT = re.compile(r"^\d{8}T\d{6}Z$")
+
+
+def check_snapshot(catalog: Catalog, jobs: Iterable[Job], snapshot: str | None) -> None:
+    """Set ``--snapshot`` on the catalogue: a Debian snapshot time (20240702T082400Z), for isar
+    jobs only (deby builds from source)."""
+    from datetime import datetime
+
+    if snapshot is None:
+        return
+    try:
+        if not SNAPSHOT_FORMAT.match(snapshot):
+            raise ValueError
+        datetime.strptime(snapshot, "%Y%m%dT%H%M%SZ")
+    except ValueError:
+        raise UserError(
+            f"'{snapshot}' is not a snapshot time", where="--snapshot", hint="YYYYMMDDTHHMMSSZ, e.g. 20240702T082400Z"
+        ) from None
+    for job in jobs:
+        if catalog.distros[job.distro].build_system != "isar":
+            raise UserError(
+                f"{job.id} does not take Debian's binary packages: a snapshot applies to isar jobs only",
+                where="--snapshot",
+            )
+    catalog.snapshot = snapshot
 
 
 def regenerate_command(catalog: Catalog, job: Job) -> str:
     """The command that prints this job's kas file again: with --catalog unless the catalogue is
     the built-in one."""
     root = catalog.root
+    snapshot = f" --snapshot {catalog.snapshot}" if catalog.snapshot else ""
     if os.path.realpath(root) == os.path.realpath(default_catalog_dir()):
-        return f"cipbuild kas {job.id}"
-    return f"cipbuild --catalog {_shell_word(str(root.absolute()))} kas {job.id}"
+        return f"cipbuild kas {job.id}{snapshot}"
+    return f"cipbuild --catalog {_shell_word(str(root.absolute()))} kas {job.id}{snapshot}"
 
 
 def _shell_word(word: str) -> str:

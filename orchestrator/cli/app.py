@@ -110,6 +110,17 @@ CacheOpt = Annotated[
         help="Shared DL_DIR, SSTATE_DIR and KAS_REPO_REF_DIR of all jobs.",
     ),
 ]
+SnapshotOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--snapshot",
+        envvar="CIPBUILD_SNAPSHOT",
+        metavar="YYYYMMDDTHHMMSSZ",
+        help="Take isar jobs' Debian packages from the Debian snapshot archive at this time (isar's "
+        "ISAR_USE_APT_SNAPSHOT and ISAR_APT_SNAPSHOT_DATE, in the kas file), so a rebuild gets the same "
+        "package versions. Part of each job's inputs.",
+    ),
+]
 ImageOpt = Annotated[
     str | None,
     typer.Option(

@@ -20,6 +20,7 @@ from .app import (
     JsonOpt,
     Request,
     RuntimeOpt,
+    SnapshotOpt,
     app,
     builder_images,
     context,
@@ -87,6 +88,7 @@ def build(
         ),
     ] = False,
     keep_build: KeepBuildOpt = False,
+    snapshot: SnapshotOpt = None,
     check_reproducible: Annotated[
         bool,
         typer.Option(
@@ -147,10 +149,12 @@ def build(
             hint=f"{what_to_build(cat)}; `cipbuild plan` lists them",
         )
     from ..compress import check_method
+    from ..kasfile import check_snapshot
     from ..matrix import make_plan
     from ..publish import published_digests
 
     chosen = make_plan(cat, recipe=request.recipe, everything=False, sel=request.sel).jobs
+    check_snapshot(cat, chosen, snapshot)
     check_method(compress)
     if compress != "none" and not sign:
         raise UserError("--compress goes with --sign (or use `cipbuild sign --compress`)", where="--compress")

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from ..errors import UserError
 from ..output import print_json, print_line, print_table
-from .app import JsonOpt, Request, app, context, selects_jobs
+from .app import JsonOpt, Request, SnapshotOpt, app, context, selects_jobs
 
 
 def _print_listing(
@@ -119,13 +119,16 @@ def kas_cmd(
     ctx: typer.Context,
     job_id: Annotated[str, typer.Argument(help="A job id as `cipbuild plan` prints it.")],
     output: Annotated[Path | None, typer.Option("--output", "-O", help="Write to this file instead of stdout.")] = None,
+    snapshot: SnapshotOpt = None,
 ) -> None:
     """Print the complete, pinned kas file that builds one job."""
-    from ..kasfile import render
+    from ..kasfile import check_snapshot, render
     from ..matrix import resolve_job
 
     cat = context(ctx).catalog()
-    text = render(cat, resolve_job(cat, job_id))
+    job = resolve_job(cat, job_id)
+    check_snapshot(cat, [job], snapshot)
+    text = render(cat, job)
     if output is None:
         sys.stdout.write(text)
         return

@@ -11,7 +11,7 @@ import typer
 from ..errors import CipbuildError, UserError
 from ..output import print_json, print_line, print_table
 from ..status import Status
-from .app import CacheOpt, ImageOpt, JsonOpt, Request, RuntimeOpt, app, context, selects_jobs
+from .app import CacheOpt, ImageOpt, JsonOpt, Request, RuntimeOpt, SnapshotOpt, app, context, selects_jobs
 from .build import BuildSettings, KeepBuildOpt, MirrorOpt, OutOpt, run_builds
 from .publish import EndpointOpt, RefOpt, StoreOpt
 
@@ -64,6 +64,7 @@ def release(
     mirror: MirrorOpt = None,
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Jobs to build at once.")] = 1,
     keep_build: KeepBuildOpt = False,
+    snapshot: SnapshotOpt = None,
     key_id: Annotated[
         str | None,
         typer.Option("--key-id", metavar="ID", help="A secret key of your keyring (else CIPBUILD_SIGNING_KEY)."),
@@ -89,6 +90,7 @@ def release(
     """
     from ..cancel import CancelToken
     from ..fanout import plan_jobs, publish_parts
+    from ..kasfile import check_snapshot
     from ..matrix import make_plan
     from ..publish import check_channel, check_ref, default_ref, published_digests
     from ..signing import KeySource, Signer
@@ -103,6 +105,7 @@ def release(
     if lava_url is not None and not lava_url:
         raise UserError("an empty URL", where="--lava")
     chosen = make_plan(cat, recipe=request.recipe, everything=False, sel=request.sel).jobs
+    check_snapshot(cat, chosen, snapshot)
     store = open_store(to, endpoint_url=endpoint_url)
     lines = {job.id: JobLine(job.id) for job in chosen}
     token = CancelToken()
