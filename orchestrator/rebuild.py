@@ -8,7 +8,11 @@ import difflib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .buildjob import BuildContext
+    from .matrix import Job
 
 LAST_SUCCESS = "last-success.json"
 KAS_LINES_SHOWN = 40
@@ -47,19 +51,36 @@ def why_rebuilt(job_dir: Path, inputs: dict[str, object], digest: str, kas_text:
     assert isinstance(before, dict)
     changes = compare(before, inputs, str(last.get("kas_file", "")), kas_text)
     shown = {k: v for k, v in changes.items() if not (k == "kas_file" and _only_pins(v, changes.get("upstream", {})))}
-    summary = "; ".join(_short(key, change) for key, change in shown.items()) or "inputs changed"
+    summary = "; ".join(_short(key, change) for key, change in shown.items()) or "the input digest is made differently"
     return Why(("--force; " if forced else "") + summary, changes)
+
+
+def would_build(ctx: BuildContext, job: Job) -> tuple[bool, Why]:
+    """Whether `cipbuild build` would build ``job`` now, and why: `plan --why`, without building."""
+    from .buildjob import digest_of, inputs_of, paths, up_to_date
+    from .kasfile import render
+
+    kas_text = render(ctx.catalog, job)
+    inputs = inputs_of(ctx, job, kas_text)
+    digest = digest_of(inputs)
+    job_dir = paths(ctx, job)["job_dir"]
+    if not ctx.force and up_to_date(job_dir, digest) is not None:
+        return False, Why("")
+    why = why_rebuilt(job_dir, inputs, digest, kas_text, forced=ctx.force)
+    if not why.summary:  # same inputs as its last success, but an artifact is gone or was touched
+        why = Why("an artifact of its last good build is missing or changed")
+    return True, why
 
 
 def compare(before: dict[str, Any], now: dict[str, Any], kas_before: str, kas_now: str) -> dict[str, Any]:
     changes: dict[str, Any] = {}
     if before.get("kas_file_sha256") != now.get("kas_file_sha256"):
-        diff = list(
-            difflib.unified_diff(
-                kas_before.splitlines(), kas_now.splitlines(), "job.yml (last success)", "job.yml", n=0, lineterm=""
-            )
-        )
-        changes["kas_file"] = [line for line in diff if not line.startswith("@@")][:KAS_LINES_SHOWN]
+        from .kasfile import kas_body
+
+        lines = kas_body(kas_before).splitlines(), kas_body(kas_now).splitlines()
+        diff = list(difflib.unified_diff(*lines, "job.yml (last success)", "job.yml", n=0, lineterm=""))
+        if diff:  # no line differs when only the way it is hashed changed
+            changes["kas_file"] = [line for line in diff if not line.startswith("@@")][:KAS_LINES_SHOWN]
     upstream_before, upstream_now = before.get("upstream") or {}, now.get("upstream") or {}
     moved = {}
     for name in sorted(set(upstream_before) | set(upstream_now)):

@@ -126,3 +126,23 @@ def test_a_rebuild_names_the_input_that_changed(docker_engine: str, tmp_path: Pa
     proc = subprocess.run(args, capture_output=True, text=True, env={**os.environ, **env, "CI": "1"}, check=False)
     assert proc.returncode == 0, proc.stderr
     assert f"{JOB}: queued (rebuilt: builder image {BUILDER_IMAGE} -> cipbuild-test:why)" in proc.stderr
+
+
+@pytest.mark.integration
+def test_plan_why_says_the_same_without_building(docker_engine: str, world: World) -> None:
+    assert world.build(JOB).returncode == 0
+    plan = [*world.args()[:5], "plan", JOB, "--why", "--out", str(world.out), "--image", BUILDER_IMAGE, "--json"]
+
+    def why(env: dict[str, str] | None = None) -> dict[str, Any]:
+        proc = subprocess.run(plan, capture_output=True, text=True, env={**os.environ, **(env or {})}, check=False)
+        assert proc.returncode == 0, proc.stderr
+        (row,) = json.loads(proc.stdout)
+        assert isinstance(row, dict)
+        return row
+
+    assert why() == {"id": JOB, "would_build": False, "summary": "", "changes": {}}
+    row = why({"DISTRO_APT_PREMIRRORS": "http://deb.example/debian"})
+    assert row["would_build"] is True and row["summary"] == "environment: DISTRO_APT_PREMIRRORS"
+    built = world.build(JOB, env={"DISTRO_APT_PREMIRRORS": "http://deb.example/debian"})
+    assert built.returncode == 0
+    assert world.metadata(JOB)["rebuilt_because"]["summary"] == row["summary"]  # what plan said, build did

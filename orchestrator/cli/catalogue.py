@@ -7,14 +7,18 @@ import shlex
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from pydantic import BaseModel
 
 from ..errors import UserError
 from ..output import print_json, print_line, print_table
-from .app import JsonOpt, Request, SnapshotOpt, app, context, selects_jobs
+from .app import ImageOpt, JsonOpt, Request, RuntimeOpt, SnapshotOpt, app, context, selects_jobs
+
+if TYPE_CHECKING:
+    from ..catalog import Catalog
+    from ..matrix import Job
 
 
 def _print_listing(
@@ -94,6 +98,21 @@ def plan(
             "rule it out first, deciding options in the distro's order), and the waivers applied.",
         ),
     ] = False,
+    why: Annotated[
+        bool,
+        typer.Option(
+            "--why",
+            help="For each job, whether `build` would build it now and why: the inputs that changed since "
+            "its last good build in --out (kas file lines, an upstream commit, the builder image digest, an "
+            "environment variable, cipbuild's version, artifact rules), as `build` says when it rebuilds.",
+        ),
+    ] = False,
+    out: Annotated[
+        Path, typer.Option("--out", envvar="CIPBUILD_OUT", metavar="DIR", help="With --why: where the job folders are.")
+    ] = Path("out"),
+    runtime: RuntimeOpt = "auto",
+    image: ImageOpt = None,
+    snapshot: SnapshotOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Show the jobs a recipe, the whole catalogue or the flags select, without building anything.
@@ -111,7 +130,33 @@ def plan(
         raise UserError("--all expands the whole catalogue, --recipe one recipe: give one of them", where="--recipe")
     cat = context(ctx).catalog()
     result = make_plan(cat, recipe=request.recipe, everything=everything, sel=request.sel)
+    if why:
+        if everything:
+            raise UserError("--why compares each job with its folder: select jobs, not --all", where="--why")
+        print_why(cat, result.jobs, out, runtime, image, snapshot, as_json)
+        return
     (print_plan_json if as_json else print_plan)(cat, result, explain)
+
+
+def print_why(
+    cat: Catalog, jobs: list[Job], out: Path, runtime: str, image: str | None, snapshot: str | None, as_json: bool
+) -> None:
+    """`plan --why`: each job's inputs now against its last good build (the builder image's digest
+    is asked of the container engine, as `build` asks it)."""
+    from ..buildjob import BuildContext
+    from ..kasfile import check_snapshot
+    from ..rebuild import would_build
+    from ..runtime import pick_runtime
+    from .app import builder_images
+
+    check_snapshot(cat, jobs, snapshot)
+    build_ctx = BuildContext(cat, pick_runtime(runtime), out.resolve(), Path("cache"), builder_images(cat, image), "")
+    rows = [(job, *would_build(build_ctx, job)) for job in jobs]
+    if as_json:
+        print_json([{"id": job.id, "would_build": build, **reason.to_json()} for job, build, reason in rows])
+        return
+    table = [[job.id, "would build" if build else "up to date", reason.summary] for job, build, reason in rows]
+    print_table(None, ["job", "now", "why"], table)
 
 
 @app.command("kas")
