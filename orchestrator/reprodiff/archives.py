@@ -11,7 +11,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import IO
 
-from .entries import Entry, Listing
+from .entries import FILE_TYPES, Entry, Listing
 from .spans import FormatError
 from .streams import Reader, compression_of, decompressed
 
@@ -101,16 +101,7 @@ def tar_listing(stream: IO[bytes]) -> Listing:
 
 
 def _cpio_type(mode: int) -> str:
-    kinds = {
-        stat.S_IFREG: "file",
-        stat.S_IFDIR: "dir",
-        stat.S_IFLNK: "symlink",
-        stat.S_IFCHR: "char",
-        stat.S_IFBLK: "block",
-        stat.S_IFIFO: "fifo",
-        stat.S_IFSOCK: "socket",
-    }
-    return kinds.get(stat.S_IFMT(mode), f"mode {mode:o}")
+    return FILE_TYPES.get(stat.S_IFMT(mode), f"mode {mode:o}")
 
 
 def _pad(reader: Reader, length: int) -> None:

@@ -7,6 +7,7 @@ is the one comparison, so a file's difference is named the same way whatever hel
 from __future__ import annotations
 
 import datetime as dt
+import stat
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -271,3 +272,15 @@ def diff_listings(first: Listing, second: Listing, prefix: str = "") -> list[Inn
     found.sort(key=lambda item: (item[0], item[1]))
     meta = diff_metadata(first.metadata, second.metadata, prefix + first.metadata_path)
     return meta + [d for _, _, d in found]
+
+
+# the file types an archive's or a file system's mode bits name
+FILE_TYPES = {
+    stat.S_IFREG: "file",
+    stat.S_IFDIR: "dir",
+    stat.S_IFLNK: "symlink",
+    stat.S_IFCHR: "char",
+    stat.S_IFBLK: "block",
+    stat.S_IFIFO: "fifo",
+    stat.S_IFSOCK: "socket",
+}

@@ -14,7 +14,7 @@ import struct
 import uuid
 from collections.abc import Iterator
 
-from .entries import Entry, Listing
+from .entries import FILE_TYPES, Entry, Listing
 from .spans import CHUNK, FormatError, Span
 
 EXT_MAGIC = 0xEF53
@@ -39,15 +39,6 @@ _XATTR_PREFIX = {
     6: "security.",
     7: "system.",
     8: "system.richacl",
-}
-_TYPES = {
-    stat.S_IFREG: "file",
-    stat.S_IFDIR: "dir",
-    stat.S_IFLNK: "symlink",
-    stat.S_IFCHR: "char",
-    stat.S_IFBLK: "block",
-    stat.S_IFIFO: "fifo",
-    stat.S_IFSOCK: "socket",
 }
 _MAX_DEPTH = 5  # of an extent tree
 _MAX_DIR = 256 << 20  # bytes of one directory
@@ -101,7 +92,7 @@ class _Inode:
 
     @property
     def type(self) -> str:
-        return _TYPES.get(stat.S_IFMT(self.mode), f"mode {self.mode:o}")
+        return FILE_TYPES.get(stat.S_IFMT(self.mode), f"mode {self.mode:o}")
 
 
 def _xattr_entries(data: bytes, start: int, base: int, end: int) -> list[tuple[str, bytes]]:

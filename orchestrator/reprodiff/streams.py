@@ -95,13 +95,7 @@ def decompressed(path: Path, offset: int, compression: str) -> Iterator[IO[bytes
 def head_of(path: Path, compression: str, size: int) -> bytes:
     """The first ``size`` bytes of the decompressed content (fewer if it is shorter)."""
     with decompressed(path, 0, compression) as stream:
-        out = bytearray()
-        while len(out) < size:
-            chunk = stream.read(size - len(out))
-            if not chunk:
-                break
-            out += chunk
-        return bytes(out)
+        return _full(stream, size)
 
 
 def gzip_header(path: Path) -> dict[str, str]:
