@@ -91,12 +91,15 @@ def main() -> int:
         ours: list[float] = []
         bare: list[float] = []
         phases: list[dict[str, Any]] = []
+        left = 0
         for _ in range(args.runs):
             ours.append(timed(setup.build(out, JOB, "--force")))
+            left = du(out / JOB)  # what a finished job leaves under --out
             meta = json.loads((out / JOB / "metadata.json").read_text())
             phases.append({**meta["phases_s"], "wall": ours[-1]})
-            shutil.rmtree(out / JOB / "build" / "tmp", ignore_errors=True)  # as cipbuild leaves it
             bare.append(timed(["sh", str(out / JOB / "reproducer.sh")], cwd=out / JOB))
+            # back to what cipbuild leaves, so that the next --force does not remove the bare run's build/tmp
+            shutil.rmtree(out / JOB / "build" / "tmp", ignore_errors=True)
         o, b = statistics.median(ours), statistics.median(bare)
 
         def median(key: str) -> float:
@@ -119,7 +122,7 @@ def main() -> int:
         timed(setup.build(kept_out, JOB, "--keep-build"))
         print("disk left under --out per finished job:")
         print(f"  --keep-build   {gib(du(kept_out / JOB))}")
-        print(f"  default        {gib(du(out / JOB))}")
+        print(f"  default        {gib(left)}")
         if not args.isar:
             eight, eight_kept = tmp / "eight", tmp / "eight-kept"
             timed(setup.build(eight, "-r", "eight", "-j", "2"))

@@ -1,9 +1,12 @@
 """End-to-end with real Isar: `cipbuild build` of plain Isar's isar-image-base for qemuamd64 /
-debian-bookworm in a privileged container, cold, warm and unchanged; then `cipbuild sign` of the
+debian-bookworm in a privileged container, cold, warm, unchanged and forced (a fresh build folder
+restored from sstate); `build --check-reproducible` of the warm build (a second, independent build
+whose artifacts are compared down to the files inside the .wic); then `cipbuild sign` of the
 warm build with a throwaway key, `cipbuild verify` against its public key, `sha256sum -c` and a
-plain `gpg --verify` of SHA256SUMS, and the SBOM's package count checked against the manifest's.
+plain `gpg --verify` of SHA256SUMS, the SBOM's package count checked against the manifest's, and
+the image booted under QEMU.
 
-Not in CI (about ten minutes, and it downloads Debian packages). Run it with
+Not in CI (about twenty minutes, and it downloads Debian packages). Run it with
     CIPBUILD_E2E_ISAR=/path/to/isar/checkout [CIPBUILD_E2E_IMAGE=cipbuild-builder:isar] \\
     python3 -m pytest -s tests/test_e2e_isar.py
 The builder image comes from `cipbuild image build --profile isar`.
@@ -21,6 +24,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from buildworld import open_to_builder
@@ -76,9 +80,10 @@ def make_key(folder: Path) -> tuple[str, Path, Path]:
     return fpr, secret, public
 
 
-def sign_and_verify(out: Path) -> tuple[float, float, int]:
+def sign_and_verify(out: Path, differing: list[str]) -> tuple[float, float, int]:
     """Sign the build folder ``out`` with a fresh key and verify its job every way a consumer
-    would; (sign seconds, verify seconds, the SBOM's package count)."""
+    would (its manifest records the reproducibility check that found ``differing``); (sign
+    seconds, verify seconds, the SBOM's package count)."""
     job_dir = out / JOB
     keys = out.parent / "keys"
     keys.mkdir()
@@ -118,6 +123,9 @@ def sign_and_verify(out: Path) -> tuple[float, float, int]:
         assert f"VALIDSIG {fpr}" in status, status
 
     manifest = json.loads((job_dir / "manifest.json").read_text())
+    assert manifest["reproducibility"]["differing"] == differing
+    assert manifest["reproducibility"]["identical"] is (not differing)
+    assert "reproducibility.json" in (job_dir / "SHA256SUMS").read_text()
     sbom = json.loads((job_dir / manifest["files"]["sbom"]).read_text())
     assert sbom["bomFormat"] == "CycloneDX"
     debs = {
@@ -158,6 +166,48 @@ def boot_plan(catalog: Path, out: Path) -> float:
     return float(plan["boot"]["seconds_total"])
 
 
+def reproducibility(out: Path, meta: dict[str, Any], took: float, warm: float) -> tuple[list[str], str]:
+    """What `build --check-reproducible` wrote for the job in ``out``, checked for what is stable
+    (every artifact compared; kernel and initrd identical; each difference explained); the
+    differing artifacts and a summary for the report line."""
+    report = json.loads((out / JOB / "reproducibility.json").read_text())
+    assert report["schema"] == "cipbuild-reproducibility/1" and report["job"] == JOB
+    assert report["inputs_digest"] == meta["inputs_digest"] and report["error"] is None
+    by_type = {a["path"]: a["type"] for a in meta["artifacts"]}
+    compared = {a["path"]: a for a in report["artifacts"]}
+    assert set(compared) == set(by_type), "every artifact is compared"
+    identical = sorted(by_type[p] for p, a in compared.items() if a["identical"])
+    assert {"kernel", "initrd"} <= set(identical), report["artifacts"]
+    differing = sorted(p for p, a in compared.items() if not a["identical"])
+    assert report["identical"] is (not differing)
+    second = Path(report["second_build"])
+    assert not (out / ".reproducibility" / JOB / "sstate").exists(), "the private sstate goes"
+    assert second.is_dir() is bool(differing), "the second build stays only when something differs"
+    found = []
+    for path in differing:
+        a = compared[path]
+        assert a["differences"] or a["note"], f"{path} differs unexplained"
+        assert all(d["path"] and d["kinds"] for d in a["differences"]), a["differences"][:5]
+        total = len(a["differences"]) + a["omitted"]
+        counts = "/".join(f"{k} {n}" for k, n in a["kind_counts"].items())
+        shown = [d["path"] for d in a["differences"] if d["kinds"] != ["order"]][:12]
+        what = f"{total} differences ({counts}) in {', '.join(shown)}" if total else a["note"][:70] + "..."
+        found.append(f"{by_type[path]}: {what}")
+    cmp = ""
+    wic = next((p for p in differing if by_type[p] == "wic"), None)
+    if wic:  # the same two files through cmp, reading all of both as the comparison must (not to
+        # /dev/null: GNU cmp then stops at the first difference)
+        started = time.monotonic()
+        subprocess.run(["cmp", "-l", str(out / JOB / wic), str(second / wic)], capture_output=True, check=False)
+        cmp = f", cmp -l of the two .wic {time.monotonic() - started:.1f} s"
+    summary = (
+        f"check-reproducible in {took:.0f} s (second build {report['second_build_s']:.0f} s, compare "
+        f"{report['compare_s']:.1f} s = {100 * report['compare_s'] / warm:.1f}% of the warm build{cmp}): "
+        f"identical {', '.join(identical)}; differ: {'; '.join(found) or 'nothing'}"
+    )
+    return differing, summary
+
+
 def test_real_isar_build_cold_warm_and_unchanged(tmp_path: Path) -> None:
     assert ISAR
     open_to_builder(tmp_path)
@@ -172,7 +222,7 @@ def test_real_isar_build_cold_warm_and_unchanged(tmp_path: Path) -> None:
     subprocess.run(["git", "clone", "-q", "--mirror", ISAR, str(mirror / "isar")], check=True)
     cache = tmp_path / "cache"
 
-    def build(out: Path, *extra: str) -> tuple[float, dict[str, dict[str, object]]]:
+    def build(out: Path, *extra: str, codes: tuple[int, ...] = (0,)) -> tuple[float, dict[str, dict[str, Any]]]:
         start = time.monotonic()
         proc = subprocess.run(
             [
@@ -199,26 +249,38 @@ def test_real_isar_build_cold_warm_and_unchanged(tmp_path: Path) -> None:
             check=False,
         )
         took = time.monotonic() - start
-        assert proc.returncode == 0, proc.stderr[-3000:] + (out / JOB / "build.log").read_text()[-3000:]
+        assert proc.returncode in codes, proc.stderr[-3000:] + (out / JOB / "build.log").read_text()[-3000:]
         return took, {r["id"]: r for r in json.loads(proc.stdout)["results"]}
 
     cold, first = build(tmp_path / "out-cold")
     warm, second = build(tmp_path / "out-warm")  # a fresh build folder, the same downloads and sstate
     unchanged, third = build(tmp_path / "out-warm")  # nothing changed: cipbuild builds nothing
-    bitbake_noop, fourth = build(tmp_path / "out-warm", "--force")  # bitbake finds nothing to do
+    forced, fourth = build(tmp_path / "out-warm", "--force")  # build/ removed first: restored from sstate
     assert first[JOB]["status"] == second[JOB]["status"] == fourth[JOB]["status"] == "success"
     assert third[JOB]["status"] == "up-to-date"
+    for result in (first[JOB], second[JOB], fourth[JOB]):  # build/tmp goes after a good build
+        assert result["disk"]["build_tmp"] == "removed" and result["disk"]["build_tmp_bytes"] > 2**30
+        assert result["disk"]["job_folder_bytes"] < 1.5 * 2**30  # it took 3.6 GB with build/tmp kept
+    assert not (tmp_path / "out-warm" / JOB / "build" / "tmp").exists()
     meta = json.loads((tmp_path / "out-warm" / JOB / "metadata.json").read_text())
+    assert meta["disk"] == fourth[JOB]["disk"]
     sizes = {a["type"]: a["size"] for a in meta["artifacts"]}
     assert set(sizes) == {"wic", "wic.bmap", "kernel", "initrd", "manifest", "dpkg_status"}
     assert sizes["wic"] > 100 * 2**20 and sizes["kernel"] > 2**20
-    sign_s, verify_s, packages = sign_and_verify(tmp_path / "out-warm")
+    # A second, independent build (own sstate, another path); exit 3 when an artifact differs.
+    started = time.monotonic()
+    _, fifth = build(tmp_path / "out-warm", "--check-reproducible", codes=(0, 3))
+    differing, repro = reproducibility(tmp_path / "out-warm", meta, time.monotonic() - started, warm)
+    assert fifth[JOB]["status"] == "up-to-date"
+    sign_s, verify_s, packages = sign_and_verify(tmp_path / "out-warm", differing)
     login_s, boot_s = boot_check(catalog, tmp_path / "out-warm")
     plan_s = boot_plan(catalog, tmp_path / "out-warm")
     report = (
         f"real isar e2e: cold {cold:.0f} s, warm {warm:.0f} s, unchanged {unchanged:.1f} s, "
-        f"forced with nothing to do {bitbake_noop:.0f} s; wic {sizes['wic'] / 2**20:.0f} MiB; "
-        f"signed in {sign_s:.1f} s, verified in {verify_s:.1f} s; sbom {packages} packages; "
+        f"forced (fresh build folder from sstate) {forced:.0f} s, job folder "
+        f"{meta['disk']['job_folder_bytes'] / 2**20:.0f} MiB (build/tmp "
+        f"{meta['disk']['build_tmp_bytes'] / 2**30:.1f} GiB removed); wic {sizes['wic'] / 2**20:.0f} MiB; "
+        f"{repro}; signed in {sign_s:.1f} s, verified in {verify_s:.1f} s; sbom {packages} packages; "
         f"boot --check: login prompt after {login_s:.0f} s, done in {boot_s:.0f} s; "
         f"boot --plan boot: 2 cases passed in {plan_s:.0f} s"
     )
