@@ -492,6 +492,7 @@ def run_build(
         write_file(job_dir / "reproducer.sh", reproducer(job, spec, command, digest_of_image), 0o755)
         meta = job_metadata(ctx, job, inputs, digest)
         kas_text = render(ctx.catalog, job)
+        meta["kas_file_sha256"] = hashlib.sha256(kas_text.encode()).hexdigest()  # job.yml as written (provenance)
         meta["rebuilt_because"] = why_rebuilt(job_dir, inputs, digest, kas_text, forced=ctx.force).to_json()
         write_json(job_dir / "metadata.json", meta)
     except InfrastructureError as exc:

@@ -39,7 +39,8 @@ def resolved_dependencies(meta: dict[str, Any], locked: dict[str, str]) -> list[
         {
             "name": "job.yml",
             "uri": meta.get("files", {}).get("kas_file", "job.yml"),
-            "digest": {"sha256": inputs["kas_file_sha256"]},
+            # the file as written (its body alone is an input); older metadata has only the input
+            "digest": {"sha256": meta.get("kas_file_sha256") or inputs["kas_file_sha256"]},
         }
     )
     return deps
