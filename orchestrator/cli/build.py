@@ -56,8 +56,10 @@ MirrorOpt = Annotated[
         "--mirror",
         envvar="CIPBUILD_MIRROR",
         metavar="DIR",
-        help="Folder of local git mirrors named like the upstream repos (repeatable; the env var takes "
-        "several, separated by spaces).",
+        help="Folder of local git mirrors (repeatable; the env var takes several, separated by spaces). An "
+        "upstream URL goes to the entry named like its last component, `.git` stripped (isar-cip-core.git "
+        "-> DIR/isar-cip-core or DIR/isar-cip-core.git), the first folder that has one winning; mounted "
+        "read-only into the build.",
     ),
 ]
 
