@@ -85,7 +85,7 @@ def collect(catalog: Catalog, job: Job, job_dir: Path) -> tuple[list[Artifact], 
     trusted = Path(os.path.realpath(job_dir))
     deploy = deploy_dir_of(trusted, facts.machine)
     problems: list[str] = []
-    out_fd = _fresh_dir(trusted, "artifacts")
+    out_fd = fresh_dir(trusted, "artifacts")
     try:
         if os.path.lexists(deploy) and not _plain_dir(trusted, deploy):
             problems.append("the deploy folder is a symlink: refused")
@@ -219,7 +219,7 @@ def _open_source(deploy_fd: int, source: str) -> int:
         os.close(fd)
 
 
-def _fresh_dir(parent: Path, name: str) -> int:
+def fresh_dir(parent: Path, name: str) -> int:
     """An empty ``parent/name`` made by us (whatever a build left there is removed), as an fd."""
     parent_fd = os.open(parent, OPEN_DIR)
     try:

@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, followup
 from .artifacts import Artifact, collect, rules_for
 from .builder import ENTRYPOINT
 from .cancel import CancelToken
@@ -325,6 +325,8 @@ def inputs_of(ctx: BuildContext, job: Job, kas_text: str) -> dict[str, object]:
     }
     if ctx.catalog.snapshot is not None:  # in the kas file too; named here for metadata and why-rebuilt
         inputs["debian_snapshot"] = ctx.catalog.snapshot
+    if job.follow_up:  # the first build's artifacts it reads, by digest
+        inputs["follow_up"] = followup.inputs_of(ctx.catalog, job, paths(ctx, job.first)["job_dir"])
     return inputs
 
 
@@ -420,13 +422,16 @@ def stamp(path: Path) -> list[int] | None:
     return [st.st_size, st.st_mtime_ns, st.st_ino]
 
 
-def prepare(ctx: BuildContext, job: Job) -> tuple[dict[str, object], str, BuildResult | None]:
-    """Work out the input digest; a BuildResult when nothing needs building."""
+def prepare(
+    ctx: BuildContext, job: Job, *, may_skip_published: bool = True
+) -> tuple[dict[str, object], str, BuildResult | None]:
+    """Work out the input digest; a BuildResult when nothing needs building (here, or because
+    the store holds it, unless its artifacts are needed here: ``may_skip_published``)."""
     job_dir = paths(ctx, job)["job_dir"]
     kas_text = render(ctx.catalog, job)
     inputs = inputs_of(ctx, job, kas_text)
     digest = digest_of(inputs)
-    if not ctx.force and ctx.published.get(job.id) == digest:
+    if not ctx.force and may_skip_published and ctx.published.get(job.id) == digest:
         return inputs, digest, BuildResult(job, Status.PUBLISHED, job_dir, 0.0, digest, error="published already")
     if not ctx.force:
         artifacts = up_to_date(job_dir, digest)
@@ -487,6 +492,12 @@ def run_build(
             if left:
                 raise InfrastructureError(f"--force could not empty {paths(ctx, job)['KAS_BUILD_DIR']}: {left}")
         spec = prepare_folder(ctx, job, attempt)
+        if job.follow_up:  # what it reads of its first build, as recorded in its inputs
+            recorded = inputs["follow_up"]
+            assert isinstance(recorded, dict)
+            followup.place(
+                ctx.catalog, job, paths(ctx, job.first)["job_dir"], paths(ctx, job)["KAS_BUILD_DIR"], recorded
+            )
         command = ctx.runtime.command(spec)
         digest_of_image = ctx.image_digest(ctx.image_for(job))
         write_file(job_dir / "reproducer.sh", reproducer(job, spec, command, digest_of_image), 0o755)

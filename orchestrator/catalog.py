@@ -454,6 +454,16 @@ def check_catalog(catalog: Catalog) -> None:
             _check_fragments(catalog, doc, ("releases", rel_name, "kas"), release.kas, distro.repos)
         for ver, kernel in distro.kernels.items():
             _check_fragments(catalog, doc, ("kernels", ver, "kas"), kernel.kas, distro.repos)
+        own_options = [o for o, f in catalog.options.items() if name in f.distros]
+        for fname, follow_up in distro.follow_ups.items():
+            _check_fragments(catalog, doc, ("follow_ups", fname, "kas"), follow_up.kas, distro.repos)
+            for i, option in enumerate(follow_up.requires):
+                if option not in own_options:
+                    raise doc.error(
+                        ("follow_ups", fname, "requires", i),
+                        f"'{option}' is not an option of {name}",
+                        suggest(option, own_options),
+                    )
         known_order = {"board", "release", "kernel"} | {o for o, f in catalog.options.items() if name in f.distros}
         # a distro that builds its distribution's own kernel has no kernel fragments to place
         needed = known_order if distro.kernels else known_order - {"kernel"}
@@ -509,6 +519,7 @@ def local_fragments(catalog: Catalog) -> list[str]:
         refs += distro.base
         refs += [frag for release in distro.releases.values() for frag in release.kas]
         refs += [frag for kernel in distro.kernels.values() for frag in kernel.kas]
+        refs += [frag for follow_up in distro.follow_ups.values() for frag in follow_up.kas]
     for board in catalog.boards.values():
         refs += [frag for port in board.distros.values() for frag in port.kas]
     for option in catalog.options.values():
@@ -821,6 +832,14 @@ def check_recipe(catalog: Catalog, doc: YamlDoc, recipe: RecipeFile) -> None:
     for i, waiver in enumerate(recipe.waive):
         if waiver.rule not in rule_ids:
             raise doc.error(("waive", i, "rule"), f"unknown rule '{waiver.rule}'", suggest(waiver.rule, rule_ids))
+    follow_ups = {f for d in catalog.distros.values() for f in d.follow_ups}
+    for i, choice in enumerate(recipe.follow_ups):
+        if choice.name not in follow_ups:
+            raise doc.error(
+                ("follow_ups", i, "name"),
+                f"unknown follow-up '{choice.name}'",
+                suggest(choice.name, follow_ups) if follow_ups else "a distro file's follow_ups defines them",
+            )
 
 
 def derived_rule_ids(catalog: Catalog) -> set[str]:

@@ -103,16 +103,25 @@ def generate(catalog: Catalog, jobs: list[Job], settings: Settings) -> Generated
         raise UserError("no job to generate a pipeline for")
     if settings.max_jobs < 3:
         raise UserError("a pipeline needs room for a build, its test and the release job", where="--max-jobs")
-    units = [(job, tested(catalog, job)) for job in jobs]
+    # a second build runs in its first build's job, as upstream CI's build_swu_v2 does: it reads
+    # the first's artifacts from --out, which another runner would not have
+    later: dict[str, list[str]] = {}
+    for job in jobs:
+        if job.follow_up:
+            later.setdefault(job.first.id, []).append(job.id)
+    units = [(job, tested(catalog, job)) for job in jobs if not job.follow_up]
+    missing = sorted(set(later) - {job.id for job, _ in units})
+    if missing:
+        raise UserError(f"a second build without its first: {missing[0]}", where="ci gitlab")
     fits = sum(1 + t for _, t in units) + 1 <= settings.max_jobs
     docs: dict[str, tuple[str, Doc]] = {}
     if fits:
-        docs[PIPELINE] = ("The build matrix as GitLab jobs", _child(catalog, units, settings, release=True))
+        docs[PIPELINE] = ("The build matrix as GitLab jobs", _child(catalog, units, later, settings, release=True))
     else:
         chunks = _chunks(units, settings.max_jobs)
         names = [CHILD.format(n=n) for n in range(1, len(chunks) + 1)]
         for name, chunk in zip(names, chunks, strict=True):
-            docs[name] = ("One child of the build matrix", _child(catalog, chunk, settings, release=False))
+            docs[name] = ("One child of the build matrix", _child(catalog, chunk, later, settings, release=False))
         docs[PIPELINE] = (f"The build matrix in {len(names)} child pipelines", _parent(names, settings))
     files: dict[str, str] = {}
     counts: dict[str, int] = {}
@@ -160,7 +169,7 @@ def _base(settings: Settings) -> Doc:
 def _templates(settings: Settings) -> Doc:
     """The hidden jobs every generated job extends: install, cache, build, publish a part, test."""
     build = (
-        'cipbuild build --runtime "$CIPBUILD_RUNTIME" "$CIPBUILD_JOB" --out out --sign'
+        'cipbuild build --runtime "$CIPBUILD_RUNTIME" "$CIPBUILD_JOB" ${CIPBUILD_FOLLOW_UPS:-} --out out --sign'
         ' --skip-published "$CIPBUILD_STORE/$CIPBUILD_REF"'
     )
     cache = 'if [ -n "${CIPBUILD_CACHE_STORE:-}" ]; then cipbuild cache %s --to "$CIPBUILD_CACHE_STORE"; fi'
@@ -208,7 +217,14 @@ def _release(settings: Settings) -> Doc:
     }
 
 
-def _child(catalog: Catalog, units: list[tuple[Job, bool]], settings: Settings, *, release: bool) -> Doc:
+def _child(
+    catalog: Catalog,
+    units: list[tuple[Job, bool]],
+    later: dict[str, list[str]],
+    settings: Settings,
+    *,
+    release: bool,
+) -> Doc:
     doc: Doc = {
         "stages": [*STAGE_OF_CHILD, "release"] if release else list(STAGE_OF_CHILD),
         "variables": _variables(settings),
@@ -220,6 +236,8 @@ def _child(catalog: Catalog, units: list[tuple[Job, bool]], settings: Settings, 
         tags = runner_tags(catalog, job, settings.tags)
         doc[name] = {"extends": ".cipbuild-build", "image": image, **({"tags": tags} if tags else {})}
         doc[name]["variables"] = {"CIPBUILD_JOB": job.id}
+        if job.id in later:
+            doc[name]["variables"]["CIPBUILD_FOLLOW_UPS"] = " ".join(later[job.id])
         if test:
             doc[check_name(f"test:{job.id}")] = {
                 "extends": ".cipbuild-test",

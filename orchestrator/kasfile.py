@@ -73,6 +73,7 @@ def job_record(catalog: Catalog, job: Job) -> dict[str, Any]:
         "target": facts.target,
         "image": facts.image,
         "waived": [{"rule": r, "reason": why} for r, why in job.waived],
+        "follow_up": {"name": job.follow_up, "of": job.first.id} if job.follow_up else None,
     }
 
 
@@ -90,6 +91,8 @@ def fragments(catalog: Catalog, job: Job) -> list[KasRef | str]:
                 out.extend(dfile.kernels[job.kernel].kas)
         elif entry in job.options:
             out.extend(catalog.options[entry].distros[job.distro].kas)
+    if job.follow_up:  # as upstream CI's second build: the first's files, then its own
+        out.extend(dfile.follow_ups[job.follow_up].kas)
     return out
 
 
@@ -131,6 +134,12 @@ def kas_config(catalog: Catalog, job: Job) -> dict[str, Any]:
         "repos": repos,
     }
     _merge(config, local)
+    if job.follow_up:
+        from .followup import SECTION, local_conf_section
+
+        section = local_conf_section(catalog, job)
+        if section:
+            config.setdefault("local_conf_header", {})[SECTION] = section
     if catalog.snapshot is not None:
         # isar's own switch and date (bitbake.conf, bootstrap.bbclass); kas writes local.conf's
         # sections sorted by name, so this one comes last and wins over a fragment's

@@ -32,6 +32,9 @@ RECIPE_EXCLUDE = "recipe-exclude"
 # The kernel of a job of a distro that lists no kernels: it builds its distribution's own kernel,
 # and its jobs name none (not in ids, plans or --kernel).
 DISTRIBUTION_KERNEL = ""
+# Between a job's id and the name of its follow-up: a name never holds two dashes in a row, so the
+# id of a second build reads unambiguously, and sorts next to its first.
+FOLLOW_UP_MARK = "--"
 
 
 def kernels_of(distro: DistroFile) -> list[str]:
@@ -55,6 +58,7 @@ class Job:
     options: tuple[str, ...] = ()
     kernel_is_default: bool = True
     waived: tuple[tuple[str, str], ...] = ()  # (rule id, reason)
+    follow_up: str = ""  # the distro's follow-up this job is the second build of, or ""
 
     @property
     def id(self) -> str:
@@ -62,7 +66,13 @@ class Job:
         if self.kernel and not self.kernel_is_default:
             parts.append(f"k{self.kernel}")
         parts.extend(self.options)
-        return "-".join(parts)
+        first = "-".join(parts)
+        return f"{first}{FOLLOW_UP_MARK}{self.follow_up}" if self.follow_up else first
+
+    @property
+    def first(self) -> Job:
+        """The job a follow-up builds after; a job that is none is its own first."""
+        return dataclasses.replace(self, follow_up="") if self.follow_up else self
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,7 +338,32 @@ class Expander:
                     )
         if not plan.jobs:
             raise UserError(f"recipe '{name}' expands to no job", where=where, hint=_why_empty(plan))
+        if recipe.follow_ups:
+            plan = self._with_follow_ups(plan, recipe, where)
         return plan
+
+    def _with_follow_ups(self, plan: Plan, recipe: RecipeFile, where: str) -> Plan:
+        """The recipe's jobs, each follow-up right after its first build."""
+        by_id = {job.id: job for job in plan.jobs}
+        left_out = {e.job.id for e in plan.excluded}
+        after: dict[str, list[Job]] = {}
+        for i, choice in enumerate(recipe.follow_ups):
+            for n, job_id in enumerate(choice.jobs):
+                first = by_id.get(job_id)
+                if first is None and job_id in left_out:
+                    continue  # the recipe's own exclude took the first build, and so the second
+                if first is None:
+                    raise UserError(
+                        f"follow_ups[{i}].jobs[{n}]: '{job_id}' is not a job of this recipe",
+                        where=where,
+                        hint=suggest(job_id, by_id),
+                    )
+                problem = follow_up_problem(self, first, choice.name)
+                if problem:
+                    raise UserError(f"follow_ups[{i}]: {problem}", where=where)
+                after.setdefault(job_id, []).append(dataclasses.replace(first, follow_up=choice.name))
+        jobs = [j for job in plan.jobs for j in (job, *after.get(job.id, []))]
+        return Plan(plan.source, jobs, plan.candidates, plan.excluded, _expander=self)
 
     def _recipe_candidates(self, recipe: RecipeFile) -> Iterator[tuple[str, str, str, str, tuple[str, ...]]]:
         d = recipe.defaults
@@ -458,6 +493,31 @@ def summary_of(catalog: Catalog, rule: str) -> str:
     return rule_summaries(catalog).get(rule, rule)
 
 
+def follow_up_problem(expander: Expander, first: Job, name: str) -> str | None:
+    """Why ``first`` cannot have the follow-up ``name``, or None."""
+    dfile = expander.catalog.distros[first.distro]
+    follow_up = dfile.follow_ups.get(name)
+    if follow_up is None:
+        known = ", ".join(sorted(dfile.follow_ups)) or "none"
+        return f"{first.distro} has no follow-up '{name}' (its distro file's follow_ups: {known})"
+    lacking = sorted(set(follow_up.requires) - set(expander.closure_names(first)))
+    if lacking:
+        return f"follow-up '{name}' needs a first build with {', '.join(lacking)}; {first.id} has none"
+    return None
+
+
+def with_firsts(jobs: Iterable[Job]) -> list[Job]:
+    """``jobs`` with the first build of each follow-up before it (added where missing)."""
+    out: list[Job] = []
+    seen: set[str] = set()
+    for job in jobs:
+        for j in (job.first, job) if job.follow_up else (job,):
+            if j.id not in seen:
+                seen.add(j.id)
+                out.append(j)
+    return out
+
+
 def _why_empty(plan: Plan) -> str:
     counts = plan.rule_counts()
     if not counts:
@@ -490,7 +550,7 @@ def select(plan: Plan, sel: Selection, catalog: Catalog) -> Plan:
         except KeyError:  # an option the distro lacks: only its own names
             return set(job.options)
 
-    jobs = [j for j in plan.jobs if keep(j)]
+    jobs = with_firsts(j for j in plan.jobs if keep(j))
     excluded = [e for e in plan.iter_excluded() if keep(e.job)]
     for job_id in sel.job_ids:
         if not any(j.id == job_id for j in jobs):
@@ -557,7 +617,7 @@ def make_plan(catalog: Catalog, *, recipe: str | None, everything: bool, sel: Se
             )
         return plan
     if sel.job_ids:
-        named = list({job.id: job for job in (resolve_job(catalog, i) for i in sel.job_ids)}.values())
+        named = with_firsts(resolve_job(catalog, i) for i in sel.job_ids)
         plan = select(
             Plan("the command line", named, len(named), _expander=expander),
             dataclasses.replace(sel, job_ids=()),
@@ -615,6 +675,13 @@ def nearest_ids(catalog: Catalog, job_id: str) -> str:
 
 def resolve_job(catalog: Catalog, job_id: str) -> Job:
     """The Job an id names, if the catalogue's rules allow it or a recipe waives them for it."""
+    first_id, mark, name = job_id.partition(FOLLOW_UP_MARK)
+    if mark:
+        first = resolve_job(catalog, first_id)
+        problem = follow_up_problem(Expander(catalog), first, name)
+        if problem:
+            raise UserError(f"'{job_id}': {problem}", where="JOB_ID")
+        return dataclasses.replace(first, follow_up=name)
     expander = Expander(catalog)
     job, reasons = expander._judge(*parse_job_id(catalog, job_id))
     if reasons and not set(reasons) & SHAPE:

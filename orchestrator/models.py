@@ -401,6 +401,29 @@ class Rule(Model):
     when: Condition
 
 
+class FollowUp(Model):
+    """A second build of a job, after its first: the job's kas files plus ``kas``, with artifacts of
+    the first build put where the second reads them (upstream CI's ``build_swu_v2``)."""
+
+    summary: str = Field(min_length=1)
+    requires: list[Name] = Field(
+        default_factory=list, description="options the first build must have (with what they imply)"
+    )
+    kas: list[KasFragment] = Field(default_factory=list, description="kas files included after the job's own")
+    appends: dict[BitbakeName, str] = Field(
+        default_factory=dict,
+        description="recipe -> lines appended to it for this build, as upstream CI appends them to the .bb "
+        "(cipbuild writes them as .bbappend files the build's local.conf adds to BBFILES)",
+    )
+    previous: list[ArtifactType] = Field(
+        default_factory=list,
+        description="artifact types of the first build copied into previous_folder (those it has; one at least)",
+    )
+    previous_folder: RelativePath = Field(
+        default="previous-image", description="where they go, relative to the build folder (bitbake's TOPDIR)"
+    )
+
+
 class DistroFile(Model):
     """distros/<name>.yml: a build flavour of CIP Core (isar-cip-core, deby)."""
 
@@ -434,6 +457,9 @@ class DistroFile(Model):
         description="include order: 'board', 'kernel', 'release' and option names; also the option order in job ids",
     )
     rules: list[Rule] = Field(default_factory=list)
+    follow_ups: dict[Name, FollowUp] = Field(
+        default_factory=dict, description="second builds a recipe may ask for (job id <first>--<name>)"
+    )
 
     @field_validator("releases")
     @classmethod
@@ -515,6 +541,13 @@ class Waiver(Model):
     reason: str = Field(min_length=1)
 
 
+class FollowUpChoice(Model):
+    """Build the named jobs a second time, as the distro's follow-up ``name`` says."""
+
+    name: Name = Field(description="a follow_ups entry of the jobs' distro")
+    jobs: list[str] = Field(min_length=1, description="job ids of the first builds")
+
+
 class Defaults(Model):
     distro: Name | None = None
     release: Name | None = None
@@ -540,6 +573,7 @@ class RecipeFile(Model):
     include: list[JobSpec] = Field(default_factory=list)
     exclude: list[Exclude] = Field(default_factory=list)
     waive: list[Waiver] = Field(default_factory=list)
+    follow_ups: list[FollowUpChoice] = Field(default_factory=list)
 
     @field_validator("matrix", mode="before", json_schema_input_type=Axes | list[Axes])
     @classmethod

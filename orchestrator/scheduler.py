@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from .buildjob import BuildContext, BuildResult, Said, check_folders, mark_interrupted, paths, prepare, run_build
 from .cancel import CancelToken, signals_cancel
-from .errors import InfrastructureError, InterruptError
+from .errors import InfrastructureError, InterruptError, UserError
 from .kasfile import render
 from .matrix import Job
 from .rebuild import LAST_SUCCESS, why_rebuilt
@@ -74,33 +74,24 @@ class Scheduler:
         self.on_event(job.id, status, why)
 
     def _run(self, jobs: list[Job], results: dict[str, BuildResult]) -> None:
+        ids = {job.id for job in jobs}
+        # a second build waits for its first: its inputs are the first's artifacts
+        held = [job for job in jobs if job.follow_up and job.first.id in ids]
+        needed_here = {job.first.id for job in held if job.id not in self.ctx.published}
         pending: list[Job] = []
         for job in jobs:
             if self.token.cancelled:
                 return
-            self.on_event(job.id, Status.CHECKING, "")
-            try:
-                inputs, digest, cached = self._prepare(job)
-            except InterruptError:
-                return
-            except InfrastructureError as exc:
-                self._settle(job, results, Status.INFRA_ERROR, str(exc))
-                continue
-            if cached is not None:
-                results[job.id] = cached
-                self.on_event(job.id, cached.status, "")
-                self._finished(cached)
-            else:
-                self.prepared[job.id] = (inputs, digest)
-                pending.append(job)
-                self.on_event(job.id, Status.QUEUED, self._why(job, inputs, digest))
+            if job not in held:
+                self._check(job, results, pending, may_skip_published=job.id not in needed_here)
         leaders: dict[tuple[str, str, str], str] = {}
         for job in pending:
             leaders.setdefault(group_of(self.ctx, job), job.id)
         running: dict[Future[BuildResult], Job] = {}
         with ThreadPoolExecutor(max_workers=max(1, self.opts.jobs)) as pool:
             stop_new = False
-            while pending or running:
+            while pending or running or held:
+                self._release(held, pending, results, leaders)
                 for job in self._ready(pending, running, results, leaders):
                     if stop_new or self.token.cancelled:
                         break
@@ -117,6 +108,50 @@ class Scheduler:
                         stop_new = True
         if self.token.cancelled:
             self._check_nothing_left(jobs)
+
+    def _check(
+        self, job: Job, results: dict[str, BuildResult], pending: list[Job], *, may_skip_published: bool
+    ) -> None:
+        """Work out whether ``job`` needs building: settled when not, queued in ``pending`` when it does."""
+        self.on_event(job.id, Status.CHECKING, "")
+        try:
+            inputs, digest, cached = self._prepare(job, may_skip_published)
+        except InterruptError:
+            return
+        except InfrastructureError as exc:
+            self._settle(job, results, Status.INFRA_ERROR, str(exc))
+            return
+        if cached is not None:
+            results[job.id] = cached
+            self.on_event(job.id, cached.status, "")
+            self._finished(cached)
+        else:
+            self.prepared[job.id] = (inputs, digest)
+            pending.append(job)
+            self.on_event(job.id, Status.QUEUED, self._why(job, inputs, digest))
+
+    def _release(
+        self,
+        held: list[Job],
+        pending: list[Job],
+        results: dict[str, BuildResult],
+        leaders: dict[tuple[str, str, str], str],
+    ) -> None:
+        """Check each second build whose first has finished: queue it when the first is good."""
+        for job in [j for j in held if j.first.id in results]:
+            held.remove(job)
+            first = results[job.first.id].status
+            if first not in (Status.SUCCESS, Status.UP_TO_DATE):
+                why = "published already, its artifacts are not here" if first == Status.PUBLISHED else first.value
+                self._settle(job, results, Status.SKIPPED, f"not built: its first build {job.first.id} is {why}")
+                continue
+            try:
+                self._check(job, results, pending, may_skip_published=True)
+            except UserError as exc:  # its first build changed under it
+                self._settle(job, results, Status.SKIPPED, f"not built: {exc.message}")
+                continue
+            if job in pending:
+                leaders.setdefault(group_of(self.ctx, job), job.id)
 
     def _why(self, job: Job, inputs: dict[str, object], digest: str) -> str:
         """One line on why the job is built (again): what changed since its last good build."""
@@ -144,10 +179,10 @@ class Scheduler:
             error = f"{type(exc).__name__}: {exc}"
             return BuildResult(job, Status.INFRA_ERROR, paths(self.ctx, job)["job_dir"], error=error)
 
-    def _prepare(self, job: Job) -> Prepared:
+    def _prepare(self, job: Job, may_skip_published: bool) -> Prepared:
         """The job's inputs and digest; an image pull may take long, a cancel does not wait for it."""
         return self.retry.run(
-            lambda _: self.token.call(lambda: prepare(self.ctx, job)),
+            lambda _: self.token.call(lambda: prepare(self.ctx, job, may_skip_published=may_skip_published)),
             self.token,
             before_retry=lambda _: self.ctx.forget_image_digests(),
         )

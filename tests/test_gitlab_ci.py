@@ -54,12 +54,17 @@ def test_shipped_recipes_make_valid_pipelines(cli: Cli, tmp_path: Path, recipe: 
     builds = [n for n, j in doc.items() if isinstance(j, dict) and j.get("extends") == ".cipbuild-build"]
     tests = {n: j for n, j in doc.items() if isinstance(j, dict) and j.get("extends") == ".cipbuild-test"}
     assert len(builds) == data["builds"] and len(tests) == data["tests"]
-    plan = cli("plan", "-r", recipe, "--json")
-    assert sorted(builds) == sorted(j["id"] for j in json.loads(plan.out)["jobs"])  # named by job id
+    planned = json.loads(cli("plan", "-r", recipe, "--json").out)["jobs"]
+    assert sorted(builds) == sorted(j["id"] for j in planned if not j["follow_up"])  # named by job id
     for name, job in tests.items():
         assert job["needs"] == [name.removeprefix("test:")]
+    # a second build runs in its first's GitLab job, as upstream's build_swu_v2 does in the same job
+    seconds = {j["follow_up"]["of"]: j["id"] for j in planned if j["follow_up"]}
     for build in builds:
-        assert doc[build]["variables"] == {"CIPBUILD_JOB": build} and doc[build]["image"]
+        also = {"CIPBUILD_FOLLOW_UPS": seconds[build]} if build in seconds else {}
+        assert doc[build]["variables"] == {"CIPBUILD_JOB": build, **also} and doc[build]["image"]
+    assert len(seconds) == (4 if recipe == "cip-core-ci" else 0)
+    assert '"$CIPBUILD_JOB" ${CIPBUILD_FOLLOW_UPS:-} --out out' in doc[".cipbuild-build"]["script"][1]
     assert doc["release:index"]["stage"] == "release"
     assert f"-r {recipe}" in doc["release:index"]["script"][0]
     text = (tmp_path / PIPELINE).read_text()
