@@ -5,7 +5,7 @@ job leaves under --out with and without --keep-build.
 Run: DOCKER_HOST=... python3 bench/overhead.py [--runs 5]
      (the fixture layer: fake bitbake, as the tests use)
      DOCKER_HOST=... python3 bench/overhead.py --isar /path/to/isar [--image cipbuild-builder:isar]
-     (the real isar-image-base of tests/e2e/catalog: warm builds from a shared cache, minutes each)
+     (the real isar-image-base of the catalogue guide's example: warm builds from a shared cache, minutes each)
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from kasfixture import make_test_catalog, make_upstreams
 
+from orchestrator.starter import ISAR_COMMIT, write_starter
+
 JOB = "isar-bookworm-qemu-amd64"
-E2E_CATALOG = Path(__file__).resolve().parent.parent / "tests" / "e2e" / "catalog"
 
 
 def timed(argv: list[str], cwd: Path | None = None) -> float:
@@ -57,10 +58,10 @@ class Setup:
             commit = subprocess.run(
                 ["git", "-C", args.isar, "rev-parse", "HEAD"], capture_output=True, text=True, check=True
             ).stdout.strip()
-            self.catalog = tmp / "catalog"
-            shutil.copytree(E2E_CATALOG, self.catalog)
+            self.catalog = tmp / "catalog"  # the catalogue guide's example
+            write_starter(self.catalog)
             repos = self.catalog / "kas" / "repos.yml"
-            repos.write_text(repos.read_text().replace('"@isar@"', commit))
+            repos.write_text(repos.read_text().replace(ISAR_COMMIT, commit))
             self.mirror = tmp / "mirror"
             subprocess.run(["git", "clone", "-q", "--mirror", args.isar, str(self.mirror / "isar")], check=True)
         else:

@@ -29,9 +29,10 @@ from typing import Any
 import pytest
 from buildworld import open_to_builder
 
+from orchestrator.starter import ISAR_COMMIT, write_starter
+
 ISAR = os.environ.get("CIPBUILD_E2E_ISAR")
 IMAGE = os.environ.get("CIPBUILD_E2E_IMAGE", "cipbuild-builder:isar")
-E2E_CATALOG = Path(__file__).parent / "e2e" / "catalog"
 JOB = "isar-bookworm-qemu-amd64"
 
 pytestmark = [
@@ -161,7 +162,7 @@ def boot_plan(catalog: Path, out: Path) -> float:
                           check=False)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (plan,) = json.loads(proc.stdout)["plans"]
-    assert [(c["name"], c["result"]) for c in plan["cases"]] == [("uname", "pass"), ("proc-version", "pass")]
+    assert [(c["name"], c["result"]) for c in plan["cases"]] == [("uname", "pass")]
     assert (out / JOB / "results" / "boot.xml").is_file()
     return float(plan["boot"]["seconds_total"])
 
@@ -214,10 +215,10 @@ def test_real_isar_build_cold_warm_and_unchanged(tmp_path: Path) -> None:
     commit = subprocess.run(
         ["git", "-C", ISAR, "rev-parse", "HEAD"], capture_output=True, text=True, check=True
     ).stdout.strip()
-    catalog = tmp_path / "catalog"
-    shutil.copytree(E2E_CATALOG, catalog)
+    catalog = tmp_path / "catalog"  # the catalogue guide's example, as `cipbuild catalog new` writes it
+    write_starter(catalog)
     repos = catalog / "kas" / "repos.yml"
-    repos.write_text(repos.read_text().replace('"@isar@"', commit))
+    repos.write_text(repos.read_text().replace(ISAR_COMMIT, commit))  # the checkout's, if another
     mirror = tmp_path / "mirror"
     subprocess.run(["git", "clone", "-q", "--mirror", ISAR, str(mirror / "isar")], check=True)
     cache = tmp_path / "cache"
@@ -282,7 +283,7 @@ def test_real_isar_build_cold_warm_and_unchanged(tmp_path: Path) -> None:
         f"{meta['disk']['build_tmp_bytes'] / 2**30:.1f} GiB removed); wic {sizes['wic'] / 2**20:.0f} MiB; "
         f"{repro}; signed in {sign_s:.1f} s, verified in {verify_s:.1f} s; sbom {packages} packages; "
         f"boot --check: login prompt after {login_s:.0f} s, done in {boot_s:.0f} s; "
-        f"boot --plan boot: 2 cases passed in {plan_s:.0f} s"
+        f"boot --plan boot: its case passed in {plan_s:.0f} s"
     )
     print(report)
     if os.environ.get("CIPBUILD_E2E_REPORT"):

@@ -4,7 +4,6 @@ no kernels: its jobs have none, in ids, plans, job records and kernel selection.
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,24 +15,15 @@ from orchestrator.catalog import load_catalog
 from orchestrator.errors import UserError
 from orchestrator.kasfile import fragments
 from orchestrator.matrix import DISTRIBUTION_KERNEL, Expander, Selection, make_plan, resolve_job
+from orchestrator.starter import write_starter
 
 Cli = Callable[..., Result]
-E2E_CATALOG = Path(__file__).parent / "e2e" / "catalog"
 JOB = "isar-bookworm-qemu-amd64"
 
 
 def kernelless_catalog(root: Path) -> Path:
-    """The end-to-end catalogue (plain Isar, qemuamd64, isar-image-base) without invented kernels."""
-    shutil.copytree(E2E_CATALOG, root)
-    repos = root / "kas" / "repos.yml"
-    repos.write_text(repos.read_text().replace('"@isar@"', "0123456789abcdef0123456789abcdef01234567"))
-    path = root / "distros" / "isar.yml"
-    distro = yaml.safe_load(path.read_text())
-    distro.pop("kernels", None)
-    for release in distro["releases"].values():
-        release.pop("default_kernel", None)
-    distro["order"] = [entry for entry in distro["order"] if entry != "kernel"]
-    path.write_text(yaml.safe_dump(distro, sort_keys=False))
+    """The catalogue guide's example (plain Isar, qemuamd64, isar-image-base): no kernels."""
+    write_starter(root)
     return root
 
 
@@ -45,7 +35,7 @@ def with_cip_distro(root: Path) -> Path:
         "description": "a distro with CIP kernels",
         "build_system": "isar",
         "repos": ["isar"],
-        "base": ["kas/e2e/isar.yml"],
+        "base": ["kas/isar/base.yml"],
         "target": "isar-image-base",
         "builder": "cipbuild-builder:isar",
         "default_release": "bookworm",
@@ -54,6 +44,8 @@ def with_cip_distro(root: Path) -> Path:
         "order": ["board", "kernel", "release"],
     }
     (root / "distros" / "cip.yml").write_text(yaml.safe_dump(cip, sort_keys=False))
+    isar = root / "distros" / "isar.yml"
+    isar.write_text(isar.read_text() + "default: true  # a job that names no distro stays plain Isar\n")
     board = root / "boards" / "qemu-amd64.yml"
     data = yaml.safe_load(board.read_text())
     data["distros"]["cip"] = {"machine": "qemuamd64"}
@@ -75,14 +67,14 @@ def test_it_loads_and_its_job_has_no_kernel(plain: Path) -> None:
     catalog = load_catalog(plain, cache=False)
     assert catalog.distros["isar"].kernels == {}
     assert catalog.distros["isar"].releases["bookworm"].default_kernel is None
-    [job] = Expander(catalog).expand_recipe("e2e").jobs
+    [job] = Expander(catalog).expand_recipe("qemu").jobs
     assert (job.id, job.kernel, job.kernel_is_default) == (JOB, DISTRIBUTION_KERNEL, True)
     assert resolve_job(catalog, JOB) == job
     assert [j.id for j in Expander(catalog).expand_all().jobs] == [JOB]
 
 
 def test_plan_json_lists_the_job_without_a_kernel(cli: Cli, plain: Path) -> None:
-    for args in (("plan",), ("plan", "-r", "e2e"), ("plan", "--all")):
+    for args in (("plan",), ("plan", "-r", "qemu"), ("plan", "--all")):
         res = cli("--catalog", str(plain), *args, "--json")
         assert res.code == 0, res.err
         [job] = json.loads(res.out)["jobs"]
@@ -101,7 +93,7 @@ def test_kas_renders_the_job(cli: Cli, plain: Path) -> None:
     assert kas["machine"] == "qemuamd64" and kas["distro"] == "debian-bookworm"
     assert kas["target"] == "isar-image-base"
     catalog = load_catalog(plain, cache=False)
-    assert fragments(catalog, resolve_job(catalog, JOB)) == ["kas/e2e/isar.yml"]  # base only: no kernel file
+    assert fragments(catalog, resolve_job(catalog, JOB)) == ["kas/isar/base.yml"]  # base only: no kernel file
 
 
 def test_a_kernel_selection_selects_none_of_its_jobs(cli: Cli, mixed: Path) -> None:
@@ -115,8 +107,8 @@ def test_a_kernel_selection_selects_none_of_its_jobs(cli: Cli, mixed: Path) -> N
     # asked of the kernel-less distro alone, a kernel is an error that says why
     res = cli("--catalog", str(mixed), "plan", "--distro", "isar", "--kernel", "6.12")
     assert res.code == 2 and "kernel-not-in-distro" in res.err
-    res = cli("--catalog", str(mixed), "plan", "-r", "e2e", "--kernel", "6.1")
-    assert res.code == 2 and "no job of recipe 'e2e' matches --kernel 6.1" in res.err
+    res = cli("--catalog", str(mixed), "plan", "-r", "qemu", "--kernel", "6.1")
+    assert res.code == 2 and "no job of recipe 'qemu' matches --kernel 6.1" in res.err
     res = cli("--catalog", str(mixed), "kas", f"{JOB}-k6.12")
     assert res.code == 2 and "unknown kernel 6.12 for isar" in res.err and "its distribution's own kernel" in res.err
 
