@@ -73,8 +73,9 @@ def deploy_dir_of(job_dir: Path, machine: str) -> Path:
     return job_dir / "build" / "tmp" / "deploy" / "images" / machine
 
 
-def collect(catalog: Catalog, job: Job, job_dir: Path) -> tuple[list[Artifact], list[str]]:
-    """Copy what the rules name from the job's deploy folder into ``job_dir/artifacts``.
+def collect(catalog: Catalog, job: Job, job_dir: Path, *, link: bool = False) -> tuple[list[Artifact], list[str]]:
+    """Copy what the rules name from the job's deploy folder into ``job_dir/artifacts`` (with
+    ``link``, when the deploy folder goes next: hard-link what only the deploy folder names).
 
     Returns the artifacts and the problems (missing required files, refused files), in rule
     order whatever order the copies finished in. A name that leads outside the deploy folder (a
@@ -99,7 +100,7 @@ def collect(catalog: Catalog, job: Job, job_dir: Path) -> tuple[list[Artifact], 
                 done = dict.fromkeys((c.target for c in copies), exc)
             else:
                 try:
-                    done = _copy_all(deploy_fd, out_fd, copies)
+                    done = _copy_all(deploy_fd, out_fd, copies, link)
                 finally:
                     os.close(deploy_fd)
     finally:
@@ -153,12 +154,12 @@ def _plan(catalog: Catalog, job: Job, deploy: Path, usable: bool) -> list[_Copy 
     return steps
 
 
-def _copy_all(deploy_fd: int, out_fd: int, copies: list[_Copy]) -> dict[str, tuple[int, str] | OSError]:
+def _copy_all(deploy_fd: int, out_fd: int, copies: list[_Copy], link: bool) -> dict[str, tuple[int, str] | OSError]:
     """Copy and hash every file, several at once, largest first; by target name."""
 
     def one(item: _Copy) -> tuple[int, str] | OSError:
         try:
-            return copy_hashing(deploy_fd, item.source, out_fd, item.target)
+            return copy_hashing(deploy_fd, item.source, out_fd, item.target, link=link)
         except OSError as exc:
             return exc
 
@@ -237,14 +238,19 @@ def fresh_dir(parent: Path, name: str) -> int:
         os.close(parent_fd)
 
 
-def copy_hashing(dir_fd: int, source: str, out_fd: int, name: str) -> tuple[int, str]:
+def copy_hashing(dir_fd: int, source: str, out_fd: int, name: str, *, link: bool = False) -> tuple[int, str]:
     """Copy ``source`` (below ``dir_fd``, no symlink followed) to a new ``name`` in ``out_fd``,
-    sparsely; the copy's size and sha256. On failure nothing is left under ``name``."""
+    sparsely; the copy's size and sha256. On failure nothing is left under ``name``.
+
+    With ``link``, a file of the deploy folder itself that no other name shares becomes ``name``
+    by a hard link, and is only read: the caller removes the deploy folder's name right after."""
     src = _open_source(dir_fd, source)
     try:
         st = os.fstat(src)
         if not stat.S_ISREG(st.st_mode):
             raise OSError(errno.EINVAL, "not a regular file")
+        if link and "/" not in source and st.st_nlink == 1 and _linked(dir_fd, source, out_fd, name, st):
+            return st.st_size, _hash_file(src, st.st_size)
         dst = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=out_fd)
         try:
             digest = _copy_sparse(src, dst, st.st_size)
@@ -256,6 +262,44 @@ def copy_hashing(dir_fd: int, source: str, out_fd: int, name: str) -> tuple[int,
     finally:
         os.close(src)
     return st.st_size, digest
+
+
+def _linked(dir_fd: int, source: str, out_fd: int, name: str, st: os.stat_result) -> bool:
+    """Whether ``name`` in ``out_fd`` is now a hard link to the file ``st`` describes, owned by
+    the caller as a copy would be; where the kernel refuses the link (another filesystem,
+    protected_hardlinks), or the name leads to another file since it was opened, nothing is left
+    under ``name``."""
+    try:
+        os.link(source, name, src_dir_fd=dir_fd, dst_dir_fd=out_fd, follow_symlinks=False)
+    except OSError:
+        return False
+    try:
+        fd = os.open(name, OPEN_FILE, dir_fd=out_fd)
+        try:
+            made = os.fstat(fd)
+            if (made.st_dev, made.st_ino) != (st.st_dev, st.st_ino) or not stat.S_ISREG(made.st_mode):
+                raise OSError(errno.ESTALE, "not the file that was opened")
+            if (made.st_uid, made.st_gid) != (os.getuid(), os.getgid()):  # whoever the build ran as
+                os.fchown(fd, os.getuid(), os.getgid())
+            os.fchmod(fd, 0o644)
+        finally:
+            os.close(fd)
+    except OSError:
+        os.unlink(name, dir_fd=out_fd)
+        return False
+    return True
+
+
+def _hash_file(fd: int, size: int) -> str:
+    """The sha256 of ``size`` bytes of ``fd``, its holes hashed without reading them."""
+    digest = hashlib.sha256()
+    view = memoryview(bytearray(READ_CHUNK))
+    for off, length, data in _pieces(fd, size):
+        if data:
+            _hash_range(digest, fd, view, off, off + length)
+        else:
+            _hash_zeros(digest, length)
+    return digest.hexdigest()
 
 
 def _copy_sparse(src: int, dst: int, size: int) -> str:

@@ -33,7 +33,7 @@ from .artifacts import Artifact, collect, rules_for
 from .builder import ENTRYPOINT
 from .cancel import CancelToken
 from .catalog import Catalog, local_repo_paths
-from .diskuse import remove_tree, usage
+from .diskuse import remove_later, remove_tree, usage
 from .errors import InfrastructureError, UserError
 from .kasfile import job_facts, job_record, kas_body, render, repos_of
 from .matrix import Job
@@ -552,6 +552,9 @@ def tidy(ctx: BuildContext, job: Job, succeeded: bool) -> dict[str, Any]:
     if not succeeded or ctx.keep_build:
         why = "the build failed" if not succeeded else "--keep-build"
         return {"job_folder_bytes": usage(job_dir), "build_tmp": f"kept ({why})"}
+    later = remove_later(tmp, ctx.out_dir)
+    if later is not None:  # gone from the job folder now; its disk is freed in the background
+        return {"job_folder_bytes": usage(job_dir), "build_tmp_bytes": later.bytes, "build_tmp": "removed"}
     freed, left = remove_build_folder(ctx, job, tmp)
     record: dict[str, Any] = {"job_folder_bytes": usage(job_dir), "build_tmp_bytes": freed}
     record["build_tmp"] = f"kept: {left}" if left else "removed"
@@ -702,7 +705,8 @@ def classify(ctx: BuildContext, job: Job, ran: Ran, result: BuildResult) -> None
     if ran.killed:
         result.status, result.error = Status.INTERRUPTED, "interrupted"
     elif ran.code == 0:
-        result.artifacts, problems = collect(ctx.catalog, job, result.job_dir)
+        # build/tmp goes after a good build (unless --keep-build): its files need no copy
+        result.artifacts, problems = collect(ctx.catalog, job, result.job_dir, link=not ctx.keep_build)
         result.status = Status.FAILED if problems else Status.SUCCESS
         result.error = "; ".join(problems)
     elif ran.engine_failed:

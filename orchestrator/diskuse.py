@@ -7,15 +7,22 @@ never onto another filesystem (a mount a native build left behind is not ours to
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
 import stat
+import subprocess
+import sys
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+EUID = os.geteuid()
+TRASH = ".cipbuild-trash"  # in --out: trees being removed in the background
 GIB = 1 << 30
 
 # What one job takes when nothing of it was built before, by build system: its folder at the peak
@@ -38,6 +45,7 @@ class Tally:
     files: int = 0
     seen: set[tuple[int, int]] = field(default_factory=set)
     problems: list[str] = field(default_factory=list)
+    foreign: int = 0  # folders this process may not empty (another owner's, this process not root)
 
     def count(self, st: os.stat_result) -> None:
         self.files += 1
@@ -108,6 +116,8 @@ def _visit(parent_fd: int, name: str, dev: int, tally: Tally, remove: bool, show
                 tally.problems.append(f"{where}: {exc.strerror}")
                 continue
             tally.bytes += st.st_blocks * 512
+            if EUID not in (st.st_uid, 0):
+                tally.foreign += 1
             opened.append(fd)
             stack[-1] = (at_fd, entry, where, names)
             continue
@@ -132,6 +142,70 @@ def _unlink(at_fd: int, entry: str, where: str, tally: Tally) -> None:
         pass
     except OSError as exc:
         tally.problems.append(f"{where}: {exc.strerror}")
+
+
+def remove_later(path: Path, out_dir: Path) -> Tally | None:
+    """Take ``path`` out of its job folder now and free its disk in the background: its usage is
+    counted, it is renamed into ``out_dir/.cipbuild-trash/`` (one filesystem: no data moves), and
+    a process of its own session removes the trash, so neither the next job nor the caller waits
+    for it. None, with nothing moved, when this process could not remove all of it (another
+    owner's folders, a mount point) or it cannot be renamed there: remove it the slow way."""
+    tally = Tally()
+    _walk(path, tally, remove=False)
+    if tally.foreign or tally.problems:
+        return None
+    trash = out_dir / TRASH
+    try:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(trash, 0o700)
+        if not stat.S_ISDIR(os.lstat(trash).st_mode):
+            return None
+        os.rename(path, trash / f"{path.parent.parent.name}.{uuid.uuid4().hex[:12]}")
+    except OSError:
+        return None
+    empty_trash_later(out_dir)
+    return tally
+
+
+def empty_trash_later(out_dir: Path) -> None:
+    """Start the process that empties ``out_dir``'s trash, when there is something in it."""
+    trash = out_dir / TRASH
+    try:
+        if not any(e.name != LOCK for e in os.scandir(trash)):
+            return
+    except OSError:
+        return
+    subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.diskuse", str(trash)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # not in the caller's process group: a Ctrl-C after the run spares it
+        close_fds=True,
+    )
+
+
+LOCK = ".lock"
+
+
+def empty_trash(trash: Path) -> None:
+    """Remove everything in ``trash`` but its lock; one process at a time (another one running
+    sees what is added while it runs)."""
+    fd = os.open(trash / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return  # the one that holds it looks again before it goes
+            entries = [e.name for e in os.scandir(trash) if e.name != LOCK]
+            for name in entries:
+                remove_tree(trash / name)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            if not any(e.name != LOCK and e.name not in entries for e in os.scandir(trash)):
+                return
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -192,3 +266,7 @@ def free_bytes(folder: Path) -> tuple[int, Path]:
     """Free bytes of the filesystem ``folder`` is (or will be) on, and the folder measured."""
     probe = folder if folder.exists() else next((p for p in folder.parents if p.exists()), Path("/"))
     return shutil.disk_usage(probe).free, probe
+
+
+if __name__ == "__main__":  # the background remover that empty_trash_later starts
+    empty_trash(Path(sys.argv[1]))

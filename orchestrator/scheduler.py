@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from .buildjob import BuildContext, BuildResult, Said, check_folders, mark_interrupted, paths, prepare, run_build
 from .cancel import CancelToken, signals_cancel
+from .diskuse import empty_trash_later
 from .errors import InfrastructureError, InterruptError, UserError
 from .kasfile import render
 from .matrix import Job
@@ -58,6 +59,7 @@ class Scheduler:
     def run(self, jobs: list[Job]) -> list[BuildResult]:
         """UserError, before anything starts, when --out, --cache or a job folder is unusable."""
         check_folders(self.ctx, jobs)
+        empty_trash_later(self.ctx.out_dir)  # what an earlier run's remover did not finish
         results: dict[str, BuildResult] = {}
         with signals_cancel(self.token):
             self._run(jobs, results)

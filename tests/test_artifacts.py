@@ -231,3 +231,29 @@ def test_collect_refuses_a_file_swapped_for_a_symlink_after_it_was_looked_at(
     assert "initrd" not in {a.type for a in found}
     assert not (tmp_path / "artifacts" / f"{image}-initrd.img").exists()
     assert all(isinstance(a, Artifact) for a in found)
+
+
+def test_collect_links_what_only_the_deploy_folder_names_when_it_goes_next(catalog: Catalog, tmp_path: Path) -> None:
+    """After a good build whose build/tmp goes next: a file of the deploy folder itself that no
+    other name shares is hard-linked, not copied, and hashed all the same (holes too); a file in
+    a subfolder of it, or one with another name elsewhere, is copied."""
+    job = resolve_job(catalog, JOB)
+    deploy, image = deploy_folder(catalog, tmp_path / "copied")
+    copies = collect(catalog, job, tmp_path / "copied")
+    deploy, image = deploy_folder(catalog, tmp_path / "linked")
+    elsewhere = tmp_path / "linked" / "kept-elsewhere"
+    os.link(deploy / f"{image}.manifest", elsewhere)  # a second name: linking would share it further
+    found, problems = collect(catalog, job, tmp_path / "linked", link=True)
+    assert (found, problems) == copies  # the same records: every sha256 computed all the same
+    by_type = {a.type: tmp_path / "linked" / a.path for a in found}
+    assert os.stat(by_type["wic"]).st_ino == os.stat(deploy / f"{image}.wic").st_ino
+    assert os.stat(by_type["initrd"]).st_ino == os.stat(deploy / f"{image}-initrd.img").st_ino
+    assert os.stat(by_type["manifest"]).st_ino != os.stat(elsewhere).st_ino
+    firmware = [tmp_path / "linked" / a.path for a in found if a.type == "firmware"]
+    assert all(os.stat(f).st_nlink == 1 for f in firmware)  # from OVMF/: copied
+    for path in deploy.rglob("*"):  # the deploy folder goes: the artifacts stay whole
+        if path.is_file() and not path.is_symlink():
+            path.unlink()
+    for art in found:
+        data = (tmp_path / "linked" / art.path).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == art.sha256

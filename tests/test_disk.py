@@ -7,12 +7,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 from buildworld import BUILDER_IMAGE, World, open_to_builder, results, rootless_user
 
-from orchestrator.diskuse import remove_tree, usage
+from orchestrator.diskuse import TRASH, remove_later, remove_tree, usage
 
 JOB = "isar-bookworm-qemu-amd64"
 
@@ -77,12 +78,47 @@ def test_a_good_build_leaves_its_artifacts_and_not_bitbakes_tmp(docker_engine: s
     disk = world.metadata(JOB)["disk"]
     assert disk["build_tmp"] == "removed" and disk["build_tmp_bytes"] > 0
     assert abs(disk["job_folder_bytes"] - du_bytes(folder)) <= 16384  # metadata.json itself grew since
+    trash_emptied(world.out)  # build/tmp left the job folder at once; its disk is freed behind
     assert results(proc)[JOB]["disk"] == disk
     for artifact in world.metadata(JOB)["artifacts"]:
         assert (folder / artifact["path"]).is_file()
     table = world.build(JOB)  # up to date: a person sees the summary
     assert table.returncode == 0
     assert "disk" in table.stdout.splitlines()[0]
+
+
+def trash_emptied(out: Path, timeout: float = 60) -> None:
+    """The background remover empties --out's trash, and goes."""
+    trash = out / TRASH
+    deadline = time.monotonic() + timeout
+    while [p.name for p in trash.iterdir()] != [".lock"]:
+        assert time.monotonic() < deadline, f"still in the trash: {sorted(p.name for p in trash.iterdir())}"
+        time.sleep(0.1)
+
+
+def test_a_tree_removed_later_leaves_at_once_and_is_freed_in_the_background(tmp_path: Path) -> None:
+    job = tmp_path / "out" / "job"
+    tree = job / "build" / "tmp"
+    (tree / "work" / "rootfs").mkdir(parents=True)
+    (tree / "work" / "rootfs" / "big").write_bytes(os.urandom(1 << 20))
+    outside = tmp_path / "precious"
+    outside.write_text("not the build's")
+    (tree / "work" / "link").symlink_to(outside)
+    expected = du_bytes(tree)
+    tally = remove_later(tree, tmp_path / "out")
+    assert tally is not None and tally.bytes == expected
+    assert not tree.exists() and (job / "build").is_dir()
+    trash_emptied(tmp_path / "out")
+    assert outside.read_text() == "not the build's"  # a link is removed, never followed
+
+
+def test_no_removal_later_through_a_trash_that_is_a_link(tmp_path: Path) -> None:
+    tree = tmp_path / "out" / "job" / "build" / "tmp"
+    tree.mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "out" / TRASH).symlink_to(tmp_path / "elsewhere")
+    assert remove_later(tree, tmp_path / "out") is None
+    assert tree.is_dir() and not any((tmp_path / "elsewhere").iterdir())
 
 
 @pytest.mark.integration
