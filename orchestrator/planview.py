@@ -50,6 +50,8 @@ def print_jobs(cat: Catalog, plan: Plan) -> None:
     rows = []
     for job in itertools.islice(plan.iter_jobs(), SHOWN_JOBS):
         note = "waives " + ", ".join(r for r, _ in job.waived) if job.waived else ""
+        if job.follow_up:  # built after the job its id begins with
+            note = f"second build: {job.follow_up}"
         rows.append([job.id, job.kernel, job_facts(cat, job).target, note])
     total = plan.job_count()
     caption = (
