@@ -77,9 +77,10 @@ class Scheduler:
 
     def _run(self, jobs: list[Job], results: dict[str, BuildResult]) -> None:
         ids = {job.id for job in jobs}
-        # a second build waits for its first: its inputs are the first's artifacts
+        # a second build waits for its first: its inputs are the first's artifacts, so the first
+        # is built here even when the store holds it (--skip-published)
         held = [job for job in jobs if job.follow_up and job.first.id in ids]
-        needed_here = {job.first.id for job in held if job.id not in self.ctx.published}
+        needed_here = {job.first.id for job in held}
         pending: list[Job] = []
         for job in jobs:
             if self.token.cancelled:

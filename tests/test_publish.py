@@ -536,6 +536,30 @@ def test_build_skips_a_job_whose_inputs_are_already_published(
     assert nothing_yet.returncode == 0, nothing_yet.stderr
     assert json.loads(nothing_yet.stdout)["results"][0]["status"] == "success"
 
+    # A second build reads its first's artifacts: the first is built here although published ...
+    env = {"AWS_ENDPOINT_URL": s3.endpoint, KEY_ENV: str(keys.good.secret)}
+    (tmp_path / "twice").mkdir()
+    twice = dataclasses.replace(world, out=open_to_builder(tmp_path / "twice") / "out")
+    both = twice.build(f"{job}--v2", "--sign", "--skip-published", release, "--json", env=env)
+    assert both.returncode == 0, both.stderr
+    assert [r["status"] for r in json.loads(both.stdout)["results"]] == ["success", "success"]
+    published = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "publish", str(twice.out), *s3_args(s3)[:-1], "twice"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert published.returncode == 0, published.stderr
+    # ... and once both are published, the second is skipped for the same inputs, after its first
+    (tmp_path / "again").mkdir()
+    again = dataclasses.replace(world, out=open_to_builder(tmp_path / "again") / "out")
+    proc = again.build(f"{job}--v2", "--skip-published", f"{s3.url}/cip-core/twice", "--json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert [(r["id"], r["status"]) for r in json.loads(proc.stdout)["results"]] == [
+        (job, "success"),
+        (f"{job}--v2", "published"),
+    ]
+
 
 def test_ctrl_c_aborts_the_upload_under_way_and_commits_nothing(big_signed: Path, s3: S3Bucket) -> None:
     process = run_publisher(big_signed, s3_args(s3))
