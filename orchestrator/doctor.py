@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -33,7 +34,9 @@ def check_host(
     cache_dir: Path,
     images: dict[str, str],
     binfmt_dir: Path = Path("/proc/sys/fs/binfmt_misc"),
+    archs: Iterable[str] | None = None,
 ) -> list[Check]:
+    """What this host has for builds; binfmt for ``archs`` (default: every board's)."""
     checks: list[Check] = []
     runtime: Runtime | None = None
     try:
@@ -57,8 +60,8 @@ def check_host(
         checks.append(Check("kas on this host", FAIL, "not installed", "pip install kas"))
     if runtime is not None:
         checks.extend(_image_checks(runtime, images))
-    archs = sorted({b.arch for b in catalog.boards.values()} & set(QEMU_FOR_ARCH))
-    for arch in archs:
+    wanted = {b.arch for b in catalog.boards.values()} if archs is None else set(archs)
+    for arch in sorted(wanted & set(QEMU_FOR_ARCH)):
         entry = binfmt_dir / QEMU_FOR_ARCH[arch]
         if entry.exists():
             checks.append(Check(f"binfmt {arch}", OK, str(entry)))

@@ -60,3 +60,14 @@ def test_a_rootless_build_without_the_tun_device_says_what_podman_said(world: Wo
     assert res["error"].startswith("podman could not run the container (exit 126): ")
     assert 'open(\\"/dev/net/tun\\"): Permission denied' in res["error"]
     assert res["error"].endswith("`cipbuild doctor` may name the fix")
+
+
+def test_binfmt_is_checked_for_the_selected_jobs_architectures_only(cli: Any, docker_engine: str) -> None:
+    def binfmt(*selectors: str) -> set[str]:
+        res = cli("doctor", *selectors, "--runtime", "docker", "--json")
+        assert res.out, res.err
+        return {c["name"] for c in json.loads(res.out) if c["name"].startswith("binfmt")}
+
+    assert binfmt("-b", "qemu-amd64") == set()  # this host's own architecture needs no emulation
+    assert binfmt("-b", "qemu-arm64") == {"binfmt arm64"}
+    assert binfmt("-b", "qemu-arm64", "-b", "bbb") == {"binfmt arm64", "binfmt armhf"}

@@ -370,14 +370,16 @@ def doctor(
         systems: list[str] = [cat.distros[default].build_system]
         wanted: list[tuple[str, str]] = [(f"one {default} job", systems[0])]
         what = f"one {default} job"
+        archs = None  # the catalogue at large: every board's
     else:
         chosen = make_plan(cat, recipe=request.recipe, everything=False, sel=request.sel).jobs
         wanted = [(job.id, cat.distros[job.distro].build_system) for job in chosen]
         systems = sorted({str(system) for _, system in wanted})
         what = f"{len(chosen)} job(s)"
+        archs = {cat.boards[job.board].arch for job in chosen}
     images = {str(system): ref for system, ref in builder_images(cat, image).items() if system in systems}
     need = expected_need(wanted, out.resolve(), cache.resolve(), parallel=jobs, keep_build=keep_build)
-    checks = check_host(cat, runtime, cache.resolve(), images)
+    checks = check_host(cat, runtime, cache.resolve(), images, archs=archs)
     checks += disk_checks(need, out.resolve(), cache.resolve(), what)
     if as_json:
         print_json(to_json(checks))
