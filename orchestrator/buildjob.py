@@ -90,6 +90,7 @@ class BuildContext:
     keep_build: bool = False  # keep bitbake's build/tmp after a good build (debugging, devshell)
     sstate_dir: Path | None = None  # a private sstate cache instead of the shared one (a second build)
     published: Mapping[str, str] = field(default_factory=dict)  # job id -> inputs digest already published
+    first_builds: Path | None = None  # where a second build's first build is, when not in out_dir
     environ: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     _digests: dict[str, str] = field(default_factory=dict)
     _engine: dict[str, str] | None = None
@@ -219,6 +220,11 @@ def paths(ctx: BuildContext, job: Job) -> dict[str, Path]:
     }
 
 
+def first_dir(ctx: BuildContext, job: Job) -> Path:
+    """The folder of a second build's first build."""
+    return (ctx.first_builds or ctx.out_dir) / job.first.id
+
+
 def check_folders(ctx: BuildContext, jobs: Iterable[Job]) -> None:
     """Refuse, before any job starts, an --out or --cache that cannot be a folder, and a job folder
     that is not a real folder (a symlink would send job.yml, build.log and artifacts elsewhere)."""
@@ -326,7 +332,7 @@ def inputs_of(ctx: BuildContext, job: Job, kas_text: str) -> dict[str, object]:
     if ctx.catalog.snapshot is not None:  # in the kas file too; named here for metadata and why-rebuilt
         inputs["debian_snapshot"] = ctx.catalog.snapshot
     if job.follow_up:  # the first build's artifacts it reads, by digest
-        inputs["follow_up"] = followup.inputs_of(ctx.catalog, job, paths(ctx, job.first)["job_dir"])
+        inputs["follow_up"] = followup.inputs_of(ctx.catalog, job, first_dir(ctx, job))
     return inputs
 
 
@@ -495,9 +501,7 @@ def run_build(
         if job.follow_up:  # what it reads of its first build, as recorded in its inputs
             recorded = inputs["follow_up"]
             assert isinstance(recorded, dict)
-            followup.place(
-                ctx.catalog, job, paths(ctx, job.first)["job_dir"], paths(ctx, job)["KAS_BUILD_DIR"], recorded
-            )
+            followup.place(ctx.catalog, job, first_dir(ctx, job), paths(ctx, job)["KAS_BUILD_DIR"], recorded)
         command = ctx.runtime.command(spec)
         digest_of_image = ctx.image_digest(ctx.image_for(job))
         write_file(job_dir / "reproducer.sh", reproducer(job, spec, command, digest_of_image), 0o755)

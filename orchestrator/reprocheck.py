@@ -66,7 +66,13 @@ def second_context(ctx: BuildContext, job_id: str) -> BuildContext:
     """The first build's context, moved: another --out, a sstate cache of its own, --force."""
     place = ctx.out_dir / SECOND / job_id
     return dataclasses.replace(
-        ctx, out_dir=place / "out", sstate_dir=place / "sstate", force=True, keep_build=False, published={}
+        ctx,
+        out_dir=place / "out",
+        sstate_dir=place / "sstate",
+        force=True,
+        keep_build=False,
+        published={},
+        first_builds=ctx.first_builds or ctx.out_dir,  # a second build reads the same first build
     )
 
 

@@ -170,3 +170,14 @@ def test_the_second_builds_inputs_follow_its_firsts_artifacts(tmp_path: Path, ca
     image.write_bytes(b"rootfs two, touched by hand")
     with pytest.raises(UserError, match="changed or went since"):
         inputs_of(catalog, job, first_dir)
+
+
+@pytest.mark.integration
+def test_a_second_build_checked_for_reproducibility_reads_the_same_first_build(
+    docker_engine: str, world: World
+) -> None:
+    proc = world.build(SECOND, "--check-reproducible", "--json")
+    assert proc.returncode == 0, proc.stderr
+    reports = {r["job"]: r for r in json.loads(proc.stdout)["reproducibility"]}
+    assert set(reports) == {FIRST, SECOND}
+    assert all(r["identical"] and r["error"] is None for r in reports.values()), reports
