@@ -288,6 +288,12 @@ def test_a_reader_never_sees_an_index_naming_a_missing_object(
     assert problems == []
 
 
+def publish_in_process_of_its_own(out: Path, args: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator", "publish", str(out), *args], capture_output=True, text=True, check=False
+    )
+
+
 def run_publisher(out: Path, args: list[str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "orchestrator", "publish", str(out), *args],
@@ -514,12 +520,7 @@ def test_build_skips_a_job_whose_inputs_are_already_published(
     job = "isar-bookworm-qemu-amd64"
     first = world.build(job, "--sign", "--json", env={KEY_ENV: str(keys.good.secret)})
     assert first.returncode == 0, first.stderr
-    published = subprocess.run(
-        [sys.executable, "-m", "orchestrator", "publish", str(world.out), *s3_args(s3)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    published = publish_in_process_of_its_own(world.out, s3_args(s3))
     assert published.returncode == 0, published.stderr
 
     (tmp_path / "elsewhere").mkdir()
@@ -543,12 +544,7 @@ def test_build_skips_a_job_whose_inputs_are_already_published(
     both = twice.build(f"{job}--v2", "--sign", "--skip-published", release, "--json", env=env)
     assert both.returncode == 0, both.stderr
     assert [r["status"] for r in json.loads(both.stdout)["results"]] == ["success", "success"]
-    published = subprocess.run(
-        [sys.executable, "-m", "orchestrator", "publish", str(twice.out), *s3_args(s3)[:-1], "twice"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    published = publish_in_process_of_its_own(twice.out, [*s3_args(s3)[:-1], "twice"])
     assert published.returncode == 0, published.stderr
     # ... and once both are published, the second is skipped for the same inputs, after its first
     (tmp_path / "again").mkdir()
