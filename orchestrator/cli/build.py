@@ -43,8 +43,8 @@ KeepBuildOpt = Annotated[
         "--keep-build",
         help="Keep bitbake's build/tmp after a good build, to debug it (look at its work folders, or "
         "`kas shell job.yml -c 'bitbake -c devshell <recipe>'` in the builder). By default it is removed "
-        "once the artifacts are collected: the shared sstate cache keeps the next build warm. A failed "
-        "build always keeps it.",
+        "once the artifacts are collected (moved to <out>/.cipbuild-trash and freed in the background): the "
+        "shared sstate cache keeps the next build warm. A failed build always keeps it.",
     ),
 ]
 OutOpt = Annotated[
