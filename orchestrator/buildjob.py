@@ -91,6 +91,7 @@ class BuildContext:
     sstate_dir: Path | None = None  # a private sstate cache instead of the shared one (a second build)
     published: Mapping[str, str] = field(default_factory=dict)  # job id -> inputs digest already published
     first_builds: Path | None = None  # where a second build's first build is, when not in out_dir
+    tidy_later: bool = True  # build/tmp freed by the background remover (not when the folder goes next)
     environ: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     _digests: dict[str, str] = field(default_factory=dict)
     _engine: dict[str, str] | None = None
@@ -123,6 +124,9 @@ class BuildResult:
     error: str = ""
     exit_code: int | None = None
     disk: dict[str, Any] | None = None  # what the job folder takes, and what became of build/tmp
+    # built here only for its second build, while the store holds it for the same inputs: it is
+    # neither signed nor published again
+    in_store: bool = False
 
     @property
     def log(self) -> Path:
@@ -139,6 +143,7 @@ class BuildResult:
             "error": self.error or None,
             "artifacts": [a.to_json() for a in self.artifacts],
             "disk": self.disk,
+            "in_store": self.in_store,
         }
 
 
@@ -556,7 +561,7 @@ def tidy(ctx: BuildContext, job: Job, succeeded: bool) -> dict[str, Any]:
     if not succeeded or ctx.keep_build:
         why = "the build failed" if not succeeded else "--keep-build"
         return {"job_folder_bytes": usage(job_dir), "build_tmp": f"kept ({why})"}
-    later = remove_later(tmp, ctx.out_dir)
+    later = remove_later(tmp, ctx.out_dir) if ctx.tidy_later else None
     if later is not None:  # gone from the job folder now; its disk is freed in the background
         return {"job_folder_bytes": usage(job_dir), "build_tmp_bytes": later.bytes, "build_tmp": "removed"}
     freed, left = remove_build_folder(ctx, job, tmp)
@@ -711,6 +716,8 @@ def classify(ctx: BuildContext, job: Job, ran: Ran, result: BuildResult) -> None
     elif ran.code == 0:
         # build/tmp goes after a good build (unless --keep-build): its files need no copy
         result.artifacts, problems = collect(ctx.catalog, job, result.job_dir, link=not ctx.keep_build)
+        if problems and not ctx.keep_build:  # a failed build keeps build/tmp: no file shared with it
+            result.artifacts, problems = collect(ctx.catalog, job, result.job_dir)
         result.status = Status.FAILED if problems else Status.SUCCESS
         result.error = "; ".join(problems)
     elif ran.engine_failed:

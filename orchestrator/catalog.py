@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pydantic import ValidationError
 
 from . import __version__
+from .compress import DISK_TYPES
 from .errors import ConfigError, UserError
 from .models import (
     BoardFile,
@@ -457,6 +458,13 @@ def check_catalog(catalog: Catalog) -> None:
         own_options = [o for o, f in catalog.options.items() if name in f.distros]
         for fname, follow_up in distro.follow_ups.items():
             _check_fragments(catalog, doc, ("follow_ups", fname, "kas"), follow_up.kas, distro.repos)
+            for i, kind in enumerate(follow_up.previous):
+                if kind in DISK_TYPES:  # `build --sign --compress` replaces them before the second build
+                    raise doc.error(
+                        ("follow_ups", fname, "previous", i),
+                        f"a second build cannot read a {kind}: --compress replaces it with its compressed file",
+                        "read the root file system's own artifact (squashfs, verity) or another file",
+                    )
             for i, option in enumerate(follow_up.requires):
                 if option not in own_options:
                     raise doc.error(

@@ -118,6 +118,9 @@ def _visit(parent_fd: int, name: str, dev: int, tally: Tally, remove: bool, show
             tally.bytes += st.st_blocks * 512
             if EUID not in (st.st_uid, 0):
                 tally.foreign += 1
+            elif remove and st.st_mode & 0o300 != 0o300:  # ours, read-only (Go's module cache is)
+                with contextlib.suppress(OSError):
+                    os.fchmod(fd, stat.S_IMODE(st.st_mode) | 0o700)
             opened.append(fd)
             stack[-1] = (at_fd, entry, where, names)
             continue
@@ -150,19 +153,30 @@ def remove_later(path: Path, out_dir: Path) -> Tally | None:
     a process of its own session removes the trash, so neither the next job nor the caller waits
     for it. None, with nothing moved, when this process could not remove all of it (another
     owner's folders, a mount point) or it cannot be renamed there: remove it the slow way."""
-    tally = Tally()
-    _walk(path, tally, remove=False)
-    if tally.foreign or tally.problems:
-        return None
-    trash = out_dir / TRASH
-    try:
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(trash, 0o700)
-        if not stat.S_ISDIR(os.lstat(trash).st_mode):
-            return None
-        os.rename(path, trash / f"{path.parent.parent.name}.{uuid.uuid4().hex[:12]}")
+    try:  # the build wrote the folders on the way: a symlink among them is not followed
+        parent_fd = os.open(path.parent, OPEN_DIR)
     except OSError:
         return None
+    try:
+        tally = Tally()
+        top = os.stat(path.name, dir_fd=parent_fd, follow_symlinks=False)
+        if not stat.S_ISDIR(top.st_mode):
+            return None
+        _visit(parent_fd, path.name, top.st_dev, tally, False, str(path))
+        if tally.foreign or tally.problems:
+            return None
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(out_dir / TRASH, 0o700)
+        trash_fd = os.open(out_dir / TRASH, OPEN_DIR)
+        try:
+            name = f"{path.parent.parent.name}.{uuid.uuid4().hex[:12]}"
+            os.rename(path.name, name, src_dir_fd=parent_fd, dst_dir_fd=trash_fd)
+        finally:
+            os.close(trash_fd)
+    except OSError:
+        return None
+    finally:
+        os.close(parent_fd)
     empty_trash_later(out_dir)
     return tally
 
@@ -175,8 +189,12 @@ def empty_trash_later(out_dir: Path) -> None:
             return
     except OSError:
         return
+    here = str(Path(__file__).resolve().parent.parent)  # this orchestrator package, installed or not
+    path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH", "")) if p)
     subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.diskuse", str(trash)],
+        [sys.executable, "-m", "orchestrator.diskuse", str(trash.resolve())],
+        cwd="/",
+        env={**os.environ, "PYTHONPATH": path},
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

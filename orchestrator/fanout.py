@@ -117,7 +117,13 @@ def plan_jobs(release_dir: Path, ref: str, job_ids: list[str], layout: str = LAY
         jobs.append(facts)
         by_job[facts.id] = items
         for item in items:
-            by_key.setdefault(item.key, item)
+            other = by_key.setdefault(item.key, item)
+            if other.sha256 != item.sha256:
+                raise UserError(
+                    f"--layout {layout!r} puts {other.name} and {item.name} (different files) on the same key "
+                    f"{item.key}",
+                    hint="add {job} to the layout",
+                )
     order = {"artifact": 0, "trust": 1}
     items = sorted(by_key.values(), key=lambda i: (order.get(i.stage, 2), i.key))
     return Plan(release_dir, ref, layout, jobs, items, by_job)

@@ -361,7 +361,14 @@ class Expander:
                 problem = follow_up_problem(self, first, choice.name)
                 if problem:
                     raise UserError(f"follow_ups[{i}]: {problem}", where=where)
-                after.setdefault(job_id, []).append(dataclasses.replace(first, follow_up=choice.name))
+                second = dataclasses.replace(first, follow_up=choice.name)
+                if second in after.get(job_id, []):
+                    raise UserError(
+                        f"follow_ups[{i}].jobs[{n}]: '{job_id}' gets follow-up '{choice.name}' twice",
+                        where=where,
+                        hint="name each job once per follow-up",
+                    )
+                after.setdefault(job_id, []).append(second)
         jobs = [j for job in plan.jobs for j in (job, *after.get(job.id, []))]
         return Plan(plan.source, jobs, plan.candidates, plan.excluded, _expander=self)
 

@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .cancel import CancelToken
 from .errors import InfrastructureError, UserError
 from .manifest import CHECKSUMS, INDEX, JOB_ID, MANIFEST, SHA256_HEX, SIGNED, SUM_LINE, dumps
+from .models import is_name
 from .signing import SIGNATURE_SUFFIX
 from .store import LocalStore, S3Store, Store, check_key
 from .verify import safe_name
@@ -294,7 +295,11 @@ class _ReleaseReader:
         )
         sums = self.checksums(job_id)
         types = {a["path"]: a["type"] for a in manifest.get("artifacts", [])}
-        fields = {"board": facts.board, "job": job_id, "distro": facts.distro, "release": facts.release}
+        # a second build's files have its first's names: under <board>/<follow-up>/ they keep them
+        follow_up = job.get("follow_up")
+        second = follow_up.get("name") if isinstance(follow_up, dict) else None
+        board = f"{facts.board}/{second}" if isinstance(second, str) and is_name(second) else facts.board
+        fields = {"board": board, "job": job_id, "distro": facts.distro, "release": facts.release}
         items: list[Item] = []
         in_job = [*sums, CHECKSUMS, *(name + SIGNATURE_SUFFIX for name in SIGNED)]
         for rel in in_job:

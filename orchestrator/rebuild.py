@@ -55,13 +55,23 @@ def why_rebuilt(job_dir: Path, inputs: dict[str, object], digest: str, kas_text:
     return Why(("--force; " if forced else "") + summary, changes)
 
 
-def would_build(ctx: BuildContext, job: Job) -> tuple[bool, Why]:
-    """Whether `cipbuild build` would build ``job`` now, and why: `plan --why`, without building."""
+def would_build(ctx: BuildContext, job: Job, firsts: dict[str, bool] | None = None) -> tuple[bool, Why]:
+    """Whether `cipbuild build` would build ``job`` now, and why: `plan --why`, without building.
+    A second build is judged after its first (``firsts``: job id -> would build): its inputs are
+    the first's artifacts, which a build of the first replaces."""
     from .buildjob import digest_of, inputs_of, paths, up_to_date
+    from .errors import UserError
     from .kasfile import render
 
+    if job.follow_up and (firsts or {}).get(job.first.id):
+        return True, Why(f"after its first build {job.first.id}, which would be built")
     kas_text = render(ctx.catalog, job)
-    inputs = inputs_of(ctx, job, kas_text)
+    try:
+        inputs = inputs_of(ctx, job, kas_text)
+    except UserError as exc:
+        if not job.follow_up:
+            raise
+        return True, Why(f"after its first build: {exc.message}")  # which is not here (yet)
     digest = digest_of(inputs)
     job_dir = paths(ctx, job)["job_dir"]
     if not ctx.force and up_to_date(job_dir, digest) is not None:

@@ -73,6 +73,7 @@ def second_context(ctx: BuildContext, job_id: str) -> BuildContext:
         keep_build=False,
         published={},
         first_builds=ctx.first_builds or ctx.out_dir,  # a second build reads the same first build
+        tidy_later=False,  # the whole place goes when the check is done
     )
 
 

@@ -55,6 +55,7 @@ class Scheduler:
         self.token = token or CancelToken()
         self.retry = Retry(opts.retries)
         self.prepared: dict[str, tuple[dict[str, object], str]] = {}
+        self.needed_here: set[str] = set()  # first builds built here for their second builds
 
     def run(self, jobs: list[Job]) -> list[BuildResult]:
         """UserError, before anything starts, when --out, --cache or a job folder is unusable."""
@@ -80,7 +81,7 @@ class Scheduler:
         # a second build waits for its first: its inputs are the first's artifacts, so the first
         # is built here even when the store holds it (--skip-published)
         held = [job for job in jobs if job.follow_up and job.first.id in ids]
-        needed_here = {job.first.id for job in held}
+        self.needed_here = needed_here = {job.first.id for job in held}
         pending: list[Job] = []
         for job in jobs:
             if self.token.cancelled:
@@ -124,6 +125,9 @@ class Scheduler:
         except InfrastructureError as exc:
             self._settle(job, results, Status.INFRA_ERROR, str(exc))
             return
+        except UserError as exc:  # a second build whose first build is not a good one
+            self._settle(job, results, Status.SKIPPED, f"not built: {exc.message}")
+            return
         if cached is not None:
             results[job.id] = cached
             self.on_event(job.id, cached.status, "")
@@ -148,11 +152,7 @@ class Scheduler:
                 why = "published already, its artifacts are not here" if first == Status.PUBLISHED else first.value
                 self._settle(job, results, Status.SKIPPED, f"not built: its first build {job.first.id} is {why}")
                 continue
-            try:
-                self._check(job, results, pending, may_skip_published=True)
-            except UserError as exc:  # its first build changed under it
-                self._settle(job, results, Status.SKIPPED, f"not built: {exc.message}")
-                continue
+            self._check(job, results, pending, may_skip_published=True)
             if job in pending:
                 leaders.setdefault(group_of(self.ctx, job), job.id)
 
@@ -163,6 +163,12 @@ class Scheduler:
         return f"rebuilt: {why.summary}" if (job_dir / LAST_SUCCESS).exists() else why.summary
 
     def _finished(self, result: BuildResult) -> None:
+        if (
+            result.job.id in self.needed_here
+            and result.status in (Status.SUCCESS, Status.UP_TO_DATE)
+            and self.ctx.published.get(result.job.id) == result.inputs_digest
+        ):
+            result.in_store = True
         if self.after_job is not None:
             self.after_job(result)
 

@@ -104,12 +104,24 @@ def test_a_tree_removed_later_leaves_at_once_and_is_freed_in_the_background(tmp_
     outside = tmp_path / "precious"
     outside.write_text("not the build's")
     (tree / "work" / "link").symlink_to(outside)
+    (tree / "work" / "rootfs").chmod(0o555)  # read-only folders of ours go too
     expected = du_bytes(tree)
     tally = remove_later(tree, tmp_path / "out")
     assert tally is not None and tally.bytes == expected
     assert not tree.exists() and (job / "build").is_dir()
     trash_emptied(tmp_path / "out")
     assert outside.read_text() == "not the build's"  # a link is removed, never followed
+
+
+def test_no_removal_later_through_a_build_folder_the_build_made_a_link(tmp_path: Path) -> None:
+    precious = tmp_path / "precious" / "tmp"
+    precious.mkdir(parents=True)
+    (precious / "data").write_text("not the build's")
+    job = tmp_path / "out" / "job"
+    job.mkdir(parents=True)
+    (job / "build").symlink_to(tmp_path / "precious")
+    assert remove_later(job / "build" / "tmp", tmp_path / "out") is None
+    assert (precious / "data").read_text() == "not the build's"
 
 
 def test_no_removal_later_through_a_trash_that_is_a_link(tmp_path: Path) -> None:

@@ -4,11 +4,13 @@ what the kas file says, and a real fixture build of a first build and its follow
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from buildworld import World, results
+from buildworld import BUILDER_IMAGE, World, results
 from test_matrix import UPSTREAM_CI, cip_core_files
 
 from orchestrator.artifacts import rules_for
@@ -90,6 +92,9 @@ def test_a_recipe_asking_for_a_follow_up_wrongly_says_where(catalog_copy: Path) 
     third_first("isar-bookworm-qemu-arm-rt-test-targz")
     with pytest.raises(UserError, match="needs a first build with swupdate; isar-bookworm-qemu-arm-rt-test-targz"):
         Expander(load_catalog(catalog_copy)).expand_recipe("cip-core-ci")
+    third_first("isar-bookworm-qemu-amd64-security-targz-separate-home-iec-testing")
+    with pytest.raises(UserError, match=r"follow_ups\[0\]\.jobs\[2\]: .* gets follow-up 'swu-v2' twice"):
+        Expander(load_catalog(catalog_copy)).expand_recipe("cip-core-ci")
     third_first("isar-bookworm-bbb-security")
     with pytest.raises(UserError, match=r"follow_ups\[0\]\.jobs\[2\]: 'isar-bookworm-bbb-security' is not a job"):
         Expander(load_catalog(catalog_copy)).expand_recipe("cip-core-ci")
@@ -98,26 +103,42 @@ def test_a_recipe_asking_for_a_follow_up_wrongly_says_where(catalog_copy: Path) 
 # --- a real fixture build: kas in a container, the fixture's bitbake -------------------------------
 
 
+def why(world: World) -> dict[str, tuple[bool, str]]:
+    """`plan -r twice --why`: job id -> (would build, why)."""
+    argv = [sys.executable, "-m", "orchestrator", "--catalog", str(world.catalog), "plan", "-r", "twice", "--why"]
+    argv += ["--out", str(world.out), "--runtime", "docker", "--image", BUILDER_IMAGE, "--json"]
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    return {r["id"]: (r["would_build"], r["summary"]) for r in json.loads(proc.stdout)}
+
+
 @pytest.mark.integration
 def test_second_build_reads_its_firsts_artifacts_and_is_recorded(docker_engine: str, world: World) -> None:
+    before = why(world)  # nothing built yet: the second build is judged after its first
+    assert before[SECOND] == (True, f"after its first build {FIRST}, which would be built")
     proc = world.build("-r", "twice", "--json")
     assert proc.returncode == 0, proc.stderr
     got = results(proc)
     assert list(got) == [FIRST, SECOND, "isar-bookworm-qemu-arm64"]
     first, second = world.metadata(FIRST), world.metadata(SECOND)
-    wic = next(a for a in first["artifacts"] if a["type"] == "wic")
+    manifest = next(a for a in first["artifacts"] if a["type"] == "manifest")
     assert second["job"]["follow_up"] == {"name": "v2", "of": FIRST}
-    assert second["inputs"]["follow_up"]["previous"] == [{"type": "wic", "path": wic["path"], "sha256": wic["sha256"]}]
-    # the fixture bitbake saw PV = "2.0" through the .bbappend and made its delta against the first's image
+    previous = second["inputs"]["follow_up"]["previous"]
+    assert previous == [{"type": "manifest", "path": manifest["path"], "sha256": manifest["sha256"]}]
+    # the fixture bitbake saw PV = "2.0" through the .bbappend and made its delta against the first's files
     swu = next(a for a in second["artifacts"] if a["type"] == "swu")
     lines = (world.out / SECOND / swu["path"]).read_text().splitlines()
     assert lines[0] == "version 2.0"
-    assert lines[1].split() == [wic["sha256"], Path(wic["path"]).name]
+    assert lines[1].split() == [manifest["sha256"], Path(manifest["path"]).name]
+    image = "cip-core-image-cip-core-bookworm-qemu-amd64"
+    wics = [(world.out / job / "artifacts" / f"{image}.wic").read_text() for job in (FIRST, SECOND)]
+    assert wics == [f"disk image of {image}\n", f"disk image of {image} 2.0\n"]  # built again as 2.0
     assert not any(a["type"] == "swu" for a in first["artifacts"])  # the first build makes none
     assert SECTION in yaml.safe_load((world.out / SECOND / "job.yml").read_text())["local_conf_header"]
     # again: nothing changed, nothing built
     again = results(world.build("-r", "twice", "--json"))
     assert {job: r["status"] for job, r in again.items()} == dict.fromkeys(got, "up-to-date")
+    assert {job: would for job, (would, _) in why(world).items()} == dict.fromkeys(got, False)
 
 
 @pytest.mark.integration
@@ -181,3 +202,12 @@ def test_a_second_build_checked_for_reproducibility_reads_the_same_first_build(
     reports = {r["job"]: r for r in json.loads(proc.stdout)["reproducibility"]}
     assert set(reports) == {FIRST, SECOND}
     assert all(r["identical"] and r["error"] is None for r in reports.values()), reports
+
+
+def test_a_second_build_may_not_read_what_compress_replaces(catalog_copy: Path) -> None:
+    distro = catalog_copy / "distros" / "isar.yml"
+    distro.write_text(distro.read_text().replace("previous: [verity, squashfs]", "previous: [verity, wic]"))
+    with pytest.raises(UserError) as caught:
+        load_catalog(catalog_copy, cache=False)
+    assert "cannot read a wic: --compress replaces it" in str(caught.value)
+    assert caught.value.where and caught.value.where.startswith(f"{distro}:")

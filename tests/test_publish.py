@@ -30,6 +30,7 @@ from test_signing import (
 )
 
 from orchestrator.errors import UserError, VerificationError
+from orchestrator.manifest import CHECKSUMS
 from orchestrator.publish import check_layout, check_ref, parse_duration, slug
 from orchestrator.signing import KEY_ENV
 from orchestrator.store import HashingReader, check_key
@@ -537,24 +538,37 @@ def test_build_skips_a_job_whose_inputs_are_already_published(
     assert nothing_yet.returncode == 0, nothing_yet.stderr
     assert json.loads(nothing_yet.stdout)["results"][0]["status"] == "success"
 
-    # A second build reads its first's artifacts: the first is built here although published ...
+    # A job and its second build, published as one release ...
     env = {"AWS_ENDPOINT_URL": s3.endpoint, KEY_ENV: str(keys.good.secret)}
     (tmp_path / "twice").mkdir()
     twice = dataclasses.replace(world, out=open_to_builder(tmp_path / "twice") / "out")
-    both = twice.build(f"{job}--v2", "--sign", "--skip-published", release, "--json", env=env)
+    both = twice.build(f"{job}--v2", "--sign", "--json", env=env)
     assert both.returncode == 0, both.stderr
     assert [r["status"] for r in json.loads(both.stdout)["results"]] == ["success", "success"]
     published = publish_in_process_of_its_own(twice.out, [*s3_args(s3)[:-1], "twice"])
     assert published.returncode == 0, published.stderr
-    # ... and once both are published, the second is skipped for the same inputs, after its first
+    # CIP's layout puts files by board: the second build's (same names, version 2.0) go beside
+    wic = Path(next(a["path"] for a in twice.metadata(job)["artifacts"] if a["type"] == "wic")).name
+    firsts, seconds = s3.get(f"cip-core/twice/qemu-amd64/{wic}"), s3.get(f"cip-core/twice/qemu-amd64/v2/{wic}")
+    assert firsts == (twice.out / job / "artifacts" / wic).read_bytes()
+    assert seconds == (twice.out / f"{job}--v2" / "artifacts" / wic).read_bytes() != firsts
+    # a layout that puts the two on one key is refused for parts too, before anything is sent
+    parts = [*s3_args(s3)[:-1], "clash", "--part", "--layout", "{release}/{file}"]
+    clash = publish_in_process_of_its_own(twice.out, parts)
+    assert clash.returncode == 2 and "(different files) on the same key" in clash.stderr, clash.stderr
+    assert not s3.keys("cip-core/clash/")
+    # ... then built elsewhere: the second build reads its first's artifacts, so the first is built
+    # here although the store has it (and is neither signed nor published again); the second is
+    # skipped for the same inputs
     (tmp_path / "again").mkdir()
     again = dataclasses.replace(world, out=open_to_builder(tmp_path / "again") / "out")
-    proc = again.build(f"{job}--v2", "--skip-published", f"{s3.url}/cip-core/twice", "--json", env=env)
+    proc = again.build(f"{job}--v2", "--sign", "--skip-published", f"{s3.url}/cip-core/twice", "--json", env=env)
     assert proc.returncode == 0, proc.stderr
-    assert [(r["id"], r["status"]) for r in json.loads(proc.stdout)["results"]] == [
-        (job, "success"),
-        (f"{job}--v2", "published"),
+    assert [(r["id"], r["status"], r["in_store"]) for r in json.loads(proc.stdout)["results"]] == [
+        (job, "success", True),  # built for its second build's sake; the store has it: not signed again
+        (f"{job}--v2", "published", False),
     ]
+    assert not (again.out / job / CHECKSUMS).exists()
 
 
 def test_ctrl_c_aborts_the_upload_under_way_and_commits_nothing(big_signed: Path, s3: S3Bucket) -> None:

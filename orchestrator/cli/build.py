@@ -177,10 +177,14 @@ def build(
             checks = check_reproducibility(run)
             if signer is not None:  # now, so that the manifest records the check
                 for result in run.results:
-                    if result.status in (Status.SUCCESS, Status.UP_TO_DATE):
+                    if result.status in (Status.SUCCESS, Status.UP_TO_DATE) and not result.in_store:
                         run.signatures[result.job.id] = sign_job(signer, result.job_dir, compress)
         if signer is not None and run.signatures:
-            skipped = [(r.job.id, str(r.status)) for r in run.results if r.job.id not in run.signatures]
+            skipped = [
+                (r.job.id, str(Status.PUBLISHED if r.in_store else r.status))
+                for r in run.results
+                if r.job.id not in run.signatures
+            ]
             signed = sign_index(signer, run.out_dir, run.signatures, skipped)
     results = run.results
     if as_json:
@@ -329,7 +333,7 @@ def run_builds(
     run = BuildRun(engine, build_ctx.out_dir, [], context=build_ctx)
 
     def sign_built(result: BuildResult) -> None:  # each job as it finishes
-        if signer is not None and result.status in (Status.SUCCESS, Status.UP_TO_DATE):
+        if signer is not None and result.status in (Status.SUCCESS, Status.UP_TO_DATE) and not result.in_store:
             run.signatures[result.job.id] = sign_job(signer, result.job_dir, settings.compress)
             if after_signed is not None:
                 after_signed(result)

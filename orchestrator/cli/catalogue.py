@@ -151,7 +151,12 @@ def print_why(
 
     check_snapshot(cat, jobs, snapshot)
     build_ctx = BuildContext(cat, pick_runtime(runtime), out.resolve(), Path("cache"), builder_images(cat, image), "")
-    rows = [(job, *would_build(build_ctx, job)) for job in jobs]
+    rows = []
+    firsts: dict[str, bool] = {}
+    for job in jobs:  # a first build before its second (the plan's order)
+        build, reason = would_build(build_ctx, job, firsts)
+        firsts[job.id] = build
+        rows.append((job, build, reason))
     if as_json:
         print_json([{"id": job.id, "would_build": build, **reason.to_json()} for job, build, reason in rows])
         return

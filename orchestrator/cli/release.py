@@ -132,7 +132,7 @@ def release(
                 line = lines[result.job.id]
                 failed = result.error and not result.status.ok
                 line.build = str(result.status) + (f": {result.error}" if failed else "")
-                if result.status == Status.PUBLISHED:
+                if result.status == Status.PUBLISHED or result.in_store:
                     line.publish = "already there"
             record, summary = _assemble_if_complete(store, name, signer, token, chosen, run.results, lines, latest)
     finally:
