@@ -370,7 +370,8 @@ class Expander:
                     )
                 after.setdefault(job_id, []).append(second)
         jobs = [j for job in plan.jobs for j in (job, *after.get(job.id, []))]
-        return Plan(plan.source, jobs, plan.candidates, plan.excluded, _expander=self)
+        added = len(jobs) - len(plan.jobs)  # a second build is a candidate of its own, never excluded
+        return Plan(plan.source, jobs, plan.candidates + added, plan.excluded, _expander=self)
 
     def _recipe_candidates(self, recipe: RecipeFile) -> Iterator[tuple[str, str, str, str, tuple[str, ...]]]:
         d = recipe.defaults
