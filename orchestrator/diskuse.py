@@ -23,6 +23,7 @@ from typing import Any
 OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 EUID = os.geteuid()
 TRASH = ".cipbuild-trash"  # in --out: trees being removed in the background
+LOCK = ".lock"  # in the trash: held by the one remover at work
 GIB = 1 << 30
 
 # What one job takes when nothing of it was built before, by build system: its folder at the peak
@@ -201,9 +202,6 @@ def empty_trash_later(out_dir: Path) -> None:
         start_new_session=True,  # not in the caller's process group: a Ctrl-C after the run spares it
         close_fds=True,
     )
-
-
-LOCK = ".lock"
 
 
 def empty_trash(trash: Path) -> None:

@@ -103,7 +103,7 @@ def publish_parts(
 def plan_jobs(release_dir: Path, ref: str, job_ids: list[str], layout: str = LAYOUT) -> Plan:
     """The publish plan of signed job folders of ``release_dir`` (no index.json needed: a job is
     published as a part the moment it is signed)."""
-    from .publish import _ReleaseReader, check_layout
+    from .publish import _ReleaseReader, check_layout, claim_key
 
     check_ref(ref)
     check_layout(layout)
@@ -117,13 +117,7 @@ def plan_jobs(release_dir: Path, ref: str, job_ids: list[str], layout: str = LAY
         jobs.append(facts)
         by_job[facts.id] = items
         for item in items:
-            other = by_key.setdefault(item.key, item)
-            if other.sha256 != item.sha256:
-                raise UserError(
-                    f"--layout {layout!r} puts {other.name} and {item.name} (different files) on the same key "
-                    f"{item.key}",
-                    hint="add {job} to the layout",
-                )
+            claim_key(by_key, item, layout)
     order = {"artifact": 0, "trust": 1}
     items = sorted(by_key.values(), key=lambda i: (order.get(i.stage, 2), i.key))
     return Plan(release_dir, ref, layout, jobs, items, by_job)

@@ -50,8 +50,7 @@ def local_conf_section(catalog: Catalog, job: Job) -> str | None:
 def previous_artifacts(catalog: Catalog, job: Job, first_dir: Path) -> list[Artifact]:
     """The first build's artifacts the follow-up reads: its recorded ones of the follow-up's
     ``previous`` types. UserError when the first build is not a good one in ``first_dir``."""
-    from .artifacts import Artifact
-    from .buildjob import read_json, stamp
+    from .buildjob import read_json, up_to_date
 
     follow_up = follow_up_of(catalog, job)
     meta = read_json(first_dir / "metadata.json")
@@ -62,15 +61,14 @@ def previous_artifacts(catalog: Catalog, job: Job, first_dir: Path) -> list[Arti
             where="JOB_ID",
             hint=f"build {job.first.id} first (or both: `cipbuild build {job.id}` builds its first build too)",
         )
-    stamps = meta.get("artifact_stamps", {})
-    found = [Artifact(**a) for a in meta.get("artifacts", []) if a.get("type") in follow_up.previous]
-    for art in found:
-        if stamp(first_dir / art.path) != stamps.get(art.path):
-            raise UserError(
-                f"{first_dir / art.path} changed or went since {job.first.id} was built",
-                where="JOB_ID",
-                hint=f"build {job.first.id} again (--force)",
-            )
+    recorded = up_to_date(first_dir, str(meta.get("inputs_digest")))
+    if recorded is None:
+        raise UserError(
+            f"an artifact of {job.first.id} in {first_dir.parent} changed or went since it was built",
+            where="JOB_ID",
+            hint=f"build {job.first.id} again (--force)",
+        )
+    found = [art for art in recorded if art.type in follow_up.previous]
     if follow_up.previous and not found:
         raise UserError(
             f"{job.first.id} deployed none of {', '.join(follow_up.previous)}, which {job.id} needs",

@@ -212,13 +212,7 @@ def plan_publish(release_dir: Path, ref: str, layout: str = LAYOUT) -> Plan:
             item.stage != "index"
         ):
             raise UserError(f"--layout {layout!r} puts {item.name} on the release's own {item.key}")
-        other = by_key.get(item.key)
-        if other is not None and other.sha256 != item.sha256:
-            raise UserError(
-                f"--layout {layout!r} puts {other.name} and {item.name} (different files) on the same key {item.key}",
-                hint="add {job} to the layout",
-            )
-        by_key.setdefault(item.key, item)
+        claim_key(by_key, item, layout)
 
     names: dict[str, list[Item]] = {}
     for entry in entries:
@@ -232,6 +226,16 @@ def plan_publish(release_dir: Path, ref: str, layout: str = LAYOUT) -> Plan:
     order: dict[Stage, int] = {"artifact": 0, "trust": 1, "index": 3}
     items = sorted(by_key.values(), key=lambda i: (order[i.stage], i.name != INDEX + SIGNATURE_SUFFIX, i.key))
     return Plan(release_dir, ref, layout, jobs, items, names)
+
+
+def claim_key(by_key: dict[str, Item], item: Item, layout: str) -> None:
+    """Put ``item`` on its key; UserError when the layout put a different file there already."""
+    other = by_key.setdefault(item.key, item)
+    if other.sha256 != item.sha256:
+        raise UserError(
+            f"--layout {layout!r} puts {other.name} and {item.name} (different files) on the same key {item.key}",
+            hint="add {job} to the layout",
+        )
 
 
 def _small_item(

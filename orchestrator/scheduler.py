@@ -81,13 +81,13 @@ class Scheduler:
         # a second build waits for its first: its inputs are the first's artifacts, so the first
         # is built here even when the store holds it (--skip-published)
         held = [job for job in jobs if job.follow_up and job.first.id in ids]
-        self.needed_here = needed_here = {job.first.id for job in held}
+        self.needed_here = {job.first.id for job in held}
         pending: list[Job] = []
         for job in jobs:
             if self.token.cancelled:
                 return
             if job not in held:
-                self._check(job, results, pending, may_skip_published=job.id not in needed_here)
+                self._check(job, results, pending, may_skip_published=job.id not in self.needed_here)
         leaders: dict[tuple[str, str, str], str] = {}
         for job in pending:
             leaders.setdefault(group_of(self.ctx, job), job.id)
@@ -147,10 +147,9 @@ class Scheduler:
         """Check each second build whose first has finished: queue it when the first is good."""
         for job in [j for j in held if j.first.id in results]:
             held.remove(job)
-            first = results[job.first.id].status
+            first = results[job.first.id].status  # never "published": a held job's first is built here
             if first not in (Status.SUCCESS, Status.UP_TO_DATE):
-                why = "published already, its artifacts are not here" if first == Status.PUBLISHED else first.value
-                self._settle(job, results, Status.SKIPPED, f"not built: its first build {job.first.id} is {why}")
+                self._settle(job, results, Status.SKIPPED, f"not built: its first build {job.first.id} is {first}")
                 continue
             self._check(job, results, pending, may_skip_published=True)
             if job in pending:

@@ -176,7 +176,8 @@ def test_the_second_builds_inputs_follow_its_firsts_artifacts(tmp_path: Path, ca
 
     def record(sha: str) -> None:
         art = {"type": "squashfs", "path": "artifacts/x.squashfs", "size": 10, "sha256": sha}
-        meta = {"status": "success", "artifacts": [art], "artifact_stamps": {art["path"]: stamp(image)}}
+        stamps = {art["path"]: stamp(image)}
+        meta = {"status": "success", "inputs_digest": "d" * 64, "artifacts": [art], "artifact_stamps": stamps}
         (first_dir / "metadata.json").write_text(json.dumps(meta))
 
     record("a" * 64)
