@@ -225,6 +225,39 @@ def empty_trash(trash: Path) -> None:
 
 
 @dataclass(frozen=True)
+class TrashState:
+    """Build folders waiting in ``--out``'s trash, and whether a remover is at work on them."""
+
+    trees: int
+    bytes: int
+    removing: bool
+
+
+def trash_state(out_dir: Path) -> TrashState | None:
+    """What ``out_dir``'s trash holds; None when it holds nothing."""
+    trash = out_dir / TRASH
+    try:
+        names = [e.name for e in os.scandir(trash) if e.name != LOCK]
+    except OSError:
+        return None
+    if not names:
+        return None
+    return TrashState(len(names), sum(usage(trash / name) for name in names), _flock_held(trash / LOCK))
+
+
+def _flock_held(path: Path) -> bool:
+    """Whether some process holds a flock on ``path``. Read from /proc/locks: trying the lock
+    would make a remover starting at that moment think another one is at work, and go."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+        locks = Path("/proc/locks").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return False
+    key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    return any(ln.split()[1:2] == ["FLOCK"] and key in ln.split() for ln in locks.splitlines())
+
+
+@dataclass(frozen=True)
 class Need:
     """What the selected jobs are expected to take: under --out and under --cache."""
 

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .catalog import Catalog
-from .diskuse import Need, free_bytes
+from .diskuse import TRASH, Need, free_bytes, trash_state
 from .errors import CipbuildError, InfrastructureError
 from .progress import size_text
 from .runtime import RunSpec, Runtime, pick_runtime
@@ -79,8 +79,11 @@ def check_host(
 
 def disk_checks(need: Need, out_dir: Path, cache_dir: Path, what: str) -> list[Check]:
     """Free space under --out and --cache against what ``what`` (the selected jobs) should need;
-    where both are on one filesystem, against their sum."""
+    where both are on one filesystem, against their sum. Build folders in --out's trash count as
+    free: a build starts their remover if none is at work."""
     (out_free, out_at), (cache_free, cache_at) = free_bytes(out_dir), free_bytes(cache_dir)
+    trash = trash_state(out_dir)
+    coming = trash.bytes if trash else 0
     same = os.stat(out_at).st_dev == os.stat(cache_at).st_dev
     places = (
         [("--out and --cache", out_at, out_free, need.out + need.cache)]
@@ -93,12 +96,27 @@ def disk_checks(need: Need, out_dir: Path, cache_dir: Path, what: str) -> list[C
     basis = f"{need.measured} from their last build here, the rest estimated" if need.measured else "estimated"
     checks = []
     for flag, at, free, wanted in places:
-        detail = f"{size_text(free)} free at {at}; {what} should need about {size_text(wanted)} ({basis})"
-        if free >= wanted:
+        freed = coming if at == out_at else 0
+        extra = f" (+{size_text(freed)} being freed)" if freed else ""
+        detail = f"{size_text(free)} free at {at}{extra}; {what} should need about {size_text(wanted)} ({basis})"
+        if free + freed >= wanted:
             checks.append(Check(f"disk space {flag}", OK, detail))
         else:
             fix = f"free some space, or point {flag} at a larger disk"
             checks.append(Check(f"disk space {flag}", WARN, detail, fix))
+    if trash:
+        held = f"{size_text(trash.bytes)} in {trash.trees} build folder(s) at {out_dir / TRASH}"
+        if trash.removing:
+            checks.append(Check("trash under --out", OK, f"{held}, being removed in the background"))
+        else:
+            checks.append(
+                Check(
+                    "trash under --out",
+                    WARN,
+                    f"{held}; no remover is at work (one was stopped)",
+                    "the next build under this --out removes it in the background",
+                )
+            )
     return checks
 
 

@@ -4,8 +4,10 @@ out of space."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -13,7 +15,8 @@ from pathlib import Path
 import pytest
 from buildworld import BUILDER_IMAGE, World, open_to_builder, results, rootless_user
 
-from orchestrator.diskuse import TRASH, remove_later, remove_tree, usage
+from orchestrator.diskuse import LOCK, TRASH, Need, empty_trash_later, remove_later, remove_tree, usage
+from orchestrator.doctor import disk_checks, to_json
 
 JOB = "isar-bookworm-qemu-amd64"
 
@@ -225,3 +228,48 @@ def test_doctor_warns_when_out_and_cache_are_short_of_what_the_jobs_need(
     space = {c["name"]: c for c in json.loads(proc.stdout)}["disk space --out and --cache"]
     assert space["status"] == "ok"
     assert "(1 from their last build here, the rest estimated)" in space["detail"]
+
+
+def test_doctor_counts_the_trash_as_coming_free_and_says_whether_a_remover_is_at_work(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(out)], check=False)
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        tree = out / "job" / "build" / "tmp"
+        tree.mkdir(parents=True)
+        (tree / "rootfs").write_bytes(os.urandom(6 << 20))
+        trash = out / TRASH
+        trash.mkdir()
+        os.rename(tree, trash / "job.0123456789ab")  # what remove_later leaves when its remover was stopped
+        free = shutil.disk_usage(out).free
+        need = Need(out=free + (4 << 20), cache=0, measured=0)
+
+        def checks() -> dict[str, dict[str, str]]:
+            return {c["name"]: c for c in to_json(disk_checks(need, out, out, "1 job(s)"))}
+
+        stopped = checks()
+        assert stopped["disk space --out and --cache"]["status"] == "ok"  # 6 MiB comes back before it is needed
+        assert "(+6.0 MiB being freed)" in stopped["disk space --out and --cache"]["detail"]
+        assert stopped["trash under --out"]["status"] == "warn"
+        assert stopped["trash under --out"]["detail"].startswith(f"6.0 MiB in 1 build folder(s) at {trash}")
+        assert "no remover is at work" in stopped["trash under --out"]["detail"]
+
+        lock = os.open(trash / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # as a remover at work holds it
+            working = checks()["trash under --out"]
+            assert working["status"] == "ok" and working["detail"].endswith("being removed in the background")
+        finally:
+            os.close(lock)
+
+        empty_trash_later(out)  # what the next build does first
+        trash_emptied(out)
+        after = checks()
+        assert "trash under --out" not in after
+        assert after["disk space --out and --cache"]["status"] == "ok"  # now as free space proper
+        assert "being freed" not in after["disk space --out and --cache"]["detail"]
+        assert shutil.disk_usage(out).free >= free + (6 << 20)
+    finally:
+        subprocess.run(["umount", "-l", str(out)], check=True)
