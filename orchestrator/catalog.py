@@ -32,6 +32,7 @@ from .models import (
     RecipeFile,
     ReposFile,
     TestPlanFile,
+    UpdateStage,
     is_name,
 )
 
@@ -433,6 +434,8 @@ def check_catalog(catalog: Catalog) -> None:
                     raise _doc(catalog, "testplans", name).error(
                         (key, number), f"unknown option '{option}'", suggest(option, catalog.options)
                     )
+        if testplan.update is not None:
+            _check_update(catalog, name, testplan.update)
 
     for name, distro in catalog.distros.items():
         doc = _doc(catalog, "distros", name)
@@ -717,6 +720,23 @@ def _check_job_ids(catalog: Catalog) -> None:
         f"{describe(found.second)} (see {' and '.join(files)})",
         hint="rename one of them so that no id can be read two ways",
     )
+
+
+def _check_update(catalog: Catalog, plan: str, update: UpdateStage) -> None:
+    """An update plan installs a second build some distro defines, fetched from {url}."""
+    follow_ups = {f for d in catalog.distros.values() for f in d.follow_ups}
+    if update.follow_up not in follow_ups:
+        raise _doc(catalog, "testplans", plan).error(
+            ("update", "follow_up"),
+            f"no distro has a second build '{update.follow_up}'",
+            suggest(update.follow_up, follow_ups) if follow_ups else "a distro file's follow_ups defines them",
+        )
+    if not any("{url}" in step for step in update.install):
+        raise _doc(catalog, "testplans", plan).error(
+            ("update", "install"),
+            "no step names {url}: the device would not know where the update is",
+            'e.g. swupdate -d "-u {url}"',
+        )
 
 
 def _check_repos(catalog: Catalog, doc: YamlDoc, loc: tuple[str | int, ...], repos: list[str]) -> None:

@@ -177,8 +177,11 @@ def _templates(settings: Settings) -> Doc:
         'if [ -f out/index.json ]; then cipbuild publish out --part --to "$CIPBUILD_STORE" --ref "$CIPBUILD_REF"'
         ' --json > "out/$CIPBUILD_JOB.part.json"; fi'
     )
+    # a second build's part joins its first's: the first's update plan installs what it built
     test = (
-        'cipbuild test run "$CIPBUILD_STORE/$CIPBUILD_REF/parts/$CIPBUILD_JOB.json" "$CIPBUILD_JOB"'
+        'parts="$CIPBUILD_STORE/$CIPBUILD_REF/parts"; with=""; for id in ${CIPBUILD_FOLLOW_UPS:-}; do'
+        ' with="$with --with $parts/$id.json"; done;'
+        ' cipbuild test run "$parts/$CIPBUILD_JOB.json" "$CIPBUILD_JOB" $with'
         ' --lava "$CIPBUILD_LAVA_URL" --results results'
     )
     kept = ["out/*.part.json", "out/*/metadata.json", "out/*/build.log", "out/*/job.yml", "out/*/reproducer.sh"]
@@ -243,7 +246,7 @@ def _child(
                 "extends": ".cipbuild-test",
                 "image": image,
                 "needs": [name],
-                "variables": {"CIPBUILD_JOB": job.id},
+                "variables": {k: v for k, v in doc[name]["variables"].items()},
             }
     if release:
         doc[RELEASE_JOB] = _release(settings)

@@ -172,6 +172,11 @@ class TestFacts(Model):
     qemu: dict[str, str] = Field(default_factory=dict, description="qemu facts: arch, machine, cpu, firmware")
     plans: list[Name] = Field(default_factory=list, description="test plans (testplans/<name>.yml) that apply")
     tags: list[str] = Field(default_factory=list, description="LAVA device tags a job needs (e.g. swtpm-jobs)")
+    stop_command: str = Field(
+        default="manual_kill",
+        description="the device dictionary's user command that stops qemu before an update plan boots the "
+        "updated disk again (CIP's lab names it manual_kill)",
+    )
 
 
 class Login(Model):
@@ -195,6 +200,23 @@ class TestDefinition(Model):
     parameters: dict[str, str] = Field(default_factory=dict)
 
 
+class UpdateStage(Model):
+    """An update plan's second half: the job's second build's artifact is installed on the booted
+    first build, the board boots the same disk again, and checks run on what it booted."""
+
+    follow_up: Name = Field(description="the second build (a distro's follow_ups) whose artifact is installed")
+    artifact: ArtifactType = Field(default="swu", description="the artifact of that second build to install")
+    install: list[str] = Field(
+        min_length=1, description="steps that install it; {url} is where the device fetches it, {sha256} its sha256"
+    )
+    boot_message: str | None = Field(
+        default=None,
+        description="what the kernel must print on the boot after the update: upstream names the boot "
+        "partition so (kernel: C:BOOT1:linux.efi)",
+    )
+    after: list[str] = Field(default_factory=list, description="steps on the updated image (confirm the update)")
+
+
 class TestPlanFile(Model):
     """testplans/<name>.yml: what one test plan boots and runs, on which jobs."""
 
@@ -209,6 +231,9 @@ class TestPlanFile(Model):
         default={"job": 30, "deploy": 10, "boot": 10, "test": 15}, description="minutes"
     )
     definitions: list[TestDefinition] = Field(default_factory=list)
+    update: UpdateStage | None = Field(
+        default=None, description="install a second build's update and boot it; only jobs that have that second build"
+    )
 
 
 class BoardFile(Model):

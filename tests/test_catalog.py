@@ -121,6 +121,17 @@ def test_unknown_option_in_rule_is_refused(catalog_copy: Path) -> None:
     assert msg.startswith(f"{distro}:{line_of(distro, 'tar-gz, swupdate')}: unknown option 'tar-gz'")
 
 
+def test_an_update_plan_must_name_a_second_build_and_where_the_device_fetches_it(catalog_copy: Path) -> None:
+    plan = catalog_copy / "testplans" / "swupdate.yml"
+    edit(plan, "follow_up: swu-v2", "follow_up: swu-v3")
+    msg = error_of(catalog_copy)
+    assert msg == f"{plan}:{line_of(plan, 'swu-v3')}: no distro has a second build 'swu-v3' (did you mean 'swu-v2'?)"
+    edit(plan, "follow_up: swu-v3", "follow_up: swu-v2")
+    edit(plan, '"-u {url}"', "/tmp/update.swu")
+    msg = error_of(catalog_copy)
+    assert msg.startswith(f"{plan}:{line_of(plan, 'install:')}: no step names {{url}}")
+
+
 def test_unpinned_repository_is_refused(catalog_copy: Path) -> None:
     board = catalog_copy / "boards" / "iwg20m.yml"
     edit(board, "repos: [meta-iwg20m]", "repos: [meta-iwg20d]")

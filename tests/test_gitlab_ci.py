@@ -41,6 +41,16 @@ def generate(cli: Cli, out: Path, *args: str) -> dict[str, Any]:
     return data
 
 
+def run_script(script: list[str], variables: dict[str, str]) -> list[str]:
+    """The arguments ``script`` gives cipbuild when a shell runs it with ``variables``."""
+    stand_in = 'cipbuild() { for a in "$@"; do printf "%s\\n" "$a"; done; }\n'
+    env = {"PATH": os.environ["PATH"], "CIPBUILD_LAVA_URL": "https://lava.invalid/", **variables}
+    shell = ["sh", "-ec", stand_in + "\n".join(script)]
+    proc = subprocess.run(shell, env=env, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.splitlines()
+
+
 def load(path: Path) -> dict[str, Any]:
     data: dict[str, Any] = yaml.safe_load(path.read_text())
     return data
@@ -58,6 +68,7 @@ def test_shipped_recipes_make_valid_pipelines(cli: Cli, tmp_path: Path, recipe: 
     assert sorted(builds) == sorted(j["id"] for j in planned if not j["follow_up"])  # named by job id
     for name, job in tests.items():
         assert job["needs"] == [name.removeprefix("test:")]
+        assert job["variables"] == doc[name.removeprefix("test:")]["variables"]  # its second builds too
     # a second build runs in its first's GitLab job, as upstream's build_swu_v2 does in the same job
     seconds = {j["follow_up"]["of"]: j["id"] for j in planned if j["follow_up"]}
     for build in builds:
@@ -65,6 +76,15 @@ def test_shipped_recipes_make_valid_pipelines(cli: Cli, tmp_path: Path, recipe: 
         assert doc[build]["variables"] == {"CIPBUILD_JOB": build, **also} and doc[build]["image"]
     assert len(seconds) == (4 if recipe == "cip-core-ci" else 0)
     assert '"$CIPBUILD_JOB" ${CIPBUILD_FOLLOW_UPS:-} --out out' in doc[".cipbuild-build"]["script"][1]
+    if recipe == "cip-core-ci":  # the test job's script, run by a shell: a second build's part joins its first's
+        first = next(iter(seconds))
+        variables = {**doc[f"test:{first}"]["variables"], "CIPBUILD_STORE": "s3://b/cip-core", "CIPBUILD_REF": "v1"}
+        argv = run_script(doc[".cipbuild-test"]["script"], variables)
+        parts = "s3://b/cip-core/v1/parts"
+        assert argv[:5] == ["test", "run", f"{parts}/{first}.json", first, "--with"]
+        assert argv[5] == f"{parts}/{seconds[first]}.json" and argv[6] == "--lava"
+        argv = run_script(doc[".cipbuild-test"]["script"], {**variables, "CIPBUILD_FOLLOW_UPS": ""})
+        assert argv[4] == "--lava"  # a job without a second build names no other part
     assert doc["release:index"]["stage"] == "release"
     assert f"-r {recipe}" in doc["release:index"]["script"][0]
     text = (tmp_path / PIPELINE).read_text()

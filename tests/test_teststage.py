@@ -41,11 +41,12 @@ def published_ci(catalog: Catalog) -> Published:
         for number, rule in enumerate(rules_for(catalog, job)):
             name = rule.glob.format(image=facts.image, rootfs=facts.image, machine=facts.machine).replace("*", "x")
             file = PurePosixPath(name).name
+            path = f"{job.board}/{job.follow_up}/{file}" if job.follow_up else f"{job.board}/{file}"  # as publish
             objects.append(
                 {
                     "name": f"{job.id}/artifacts/{file}",
-                    "path": f"{job.board}/{file}",
-                    "url": f"{BASE}{job.board}/{file}",
+                    "path": path,
+                    "url": f"{BASE}{path}",
                     "sha256": f"{number:064x}",
                     "size": 1,
                     "type": rule.type,
@@ -89,15 +90,16 @@ def test_every_board_of_cip_core_ci_gets_jobs_lava_calls_valid(catalog: Catalog,
     record = published_ci(catalog)
     server = Lava(lava.url)
     rendered = []
+    ids = {job.id for job in record.jobs}
     for job in record.jobs:
-        for plan in plans_for(catalog, job):
+        for plan in plans_for(catalog, job, ids):
             try:
                 rendered.append(render(catalog, record, job, plan))
             except UserError as exc:  # a plan whose artifacts this job's options do not deploy
                 assert "needs a" in str(exc), exc
     boards = {r.job.board for r in rendered}
     assert boards == {j.board for j in record.jobs}, "a board of cip-core-ci got no LAVA job"
-    assert {r.plan for r in rendered} >= {"boot", "ltp", "security", "secure-boot"}
+    assert {r.plan for r in rendered} >= {"boot", "ltp", "security", "secure-boot", "swupdate"}
     for item in rendered:
         assert server.validate(item.text) is None, (item.file_name, server.validate(item.text), item.text)
         definition = item.definition
@@ -156,8 +158,8 @@ def test_a_plan_that_does_not_apply_is_one_line_and_exit_2(cli: Cli, catalog: Ca
     path.write_text(record.model_dump_json(by_alias=True))
     riscv = "isar-trixie-qemu-riscv64"
     result = cli("test", "render", str(path), riscv, "--plan", "ltp", "--out", str(tmp_path / "jobs"))
-    assert result.code == 2
-    assert "no test plan applies" in result.err
+    assert result.code == 2  # the plan named says why
+    assert f"job {riscv}: plan ltp does not apply (board qemu-riscv64 runs boot on it)" in result.err
     result = cli("test", "render", str(path), "isar-trixie-qemu-riscv6", "--out", str(tmp_path / "jobs"))
     assert result.code == 2
     assert riscv in result.err  # the nearest id is suggested
@@ -190,3 +192,89 @@ def test_a_recipe_selects_the_releases_jobs_it_builds(cli: Cli, catalog: Catalog
             continue
         assert result.code == 0, result.err
         assert {item["job"] for item in json.loads(result.out)} == expected
+
+
+FIRSTS_WITH_V2 = {  # upstream v1.8 CI's build_swu_v2 jobs, as cip-core-ci names them
+    "isar-bookworm-qemu-amd64-security-targz-separate-home-iec-testing",
+    "isar-bookworm-qemu-arm64-security-targz-separate-home-iec-testing",
+    "isar-bookworm-qemu-arm-security-targz-separate-home-iec-testing",
+    "isar-bookworm-x86-uefi-security-separate-home-no-watchdog-iec-testing",
+}
+
+
+def actions(definition: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    return [next(iter(action.items())) for action in definition["actions"]]
+
+
+def test_the_swupdate_plan_installs_the_second_builds_update_on_the_first_and_boots_into_it(
+    catalog: Catalog, lava: LavaInstance
+) -> None:
+    record = published_ci(catalog)
+    ids = {job.id for job in record.jobs}
+    tested = {job.id for job in record.jobs if "swupdate" in plans_for(catalog, job, ids)}
+    assert tested == FIRSTS_WITH_V2  # security implies swupdate; a job without a second build has no update
+    server = Lava(lava.url)
+    for first in sorted(tested):
+        job = next(j for j in record.jobs if j.id == first)
+        second = next(j for j in record.jobs if j.id == f"{first}--swu-v2")
+        rendered = render(catalog, record, job, "swupdate")
+        assert server.validate(rendered.text) is None, (first, server.validate(rendered.text))
+        steps = actions(rendered.definition)
+        if job.board == "x86-uefi":  # real hardware: the second boot power-cycles it
+            assert [kind for kind, _ in steps] == ["deploy", "boot", "test", "boot", "test"]
+        else:
+            assert [kind for kind, _ in steps] == ["deploy", "boot", "test", "command", "boot", "test"]
+            assert steps[3][1] == {"name": "manual_kill"}  # CIP's lab stops qemu so, before the disk boots again
+        images = steps[0][1]["images"]
+        disk = images.get("system", images.get("image"))
+        v1_wic = next(o for o in job.objects if o.type == "wic")
+        v2_swu = next(o for o in second.objects if o.type == "swu")
+        assert disk["url"] == v1_wic.url and "/swu-v2/" not in disk["url"]  # the first build's image boots
+        install = steps[2][1]["definitions"][0]
+        assert install["name"] == "install-update"
+        assert install["repository"]["run"]["steps"] == [
+            f'lava-test-case install --shell swupdate -d "-u {v2_swu.url}"'
+        ]
+        boots = [body for kind, body in steps if kind == "boot"]
+        assert "parameters" not in boots[0]
+        assert boots[1]["parameters"] == {"kernel-start-message": "kernel: C:BOOT1:linux.efi"}  # the other partition
+        assert boots[1]["auto_login"]["password"] == "CIPsecurity@123"
+        after = steps[-1][1]["definitions"][0]["repository"]["run"]["steps"]
+        assert "{print $2}" in after[0] and after[1].endswith("bg_setenv -c")  # shell braces stay as written
+        assert v2_swu.url in rendered.urls  # checked before submission like every download
+
+
+def test_an_update_plan_without_its_second_build_in_the_release_is_one_line_and_exit_2(
+    cli: Cli, catalog: Catalog, tmp_path: Path
+) -> None:
+    record = published_ci(catalog)
+    first = sorted(FIRSTS_WITH_V2)[0]
+    full = tmp_path / "published.json"
+    full.write_text(record.model_dump_json(by_alias=True))
+    alone = record.model_copy(update={"jobs": [j for j in record.jobs if j.id != f"{first}--swu-v2"]})
+    part = tmp_path / "first-only.json"
+    part.write_text(alone.model_dump_json(by_alias=True))
+    result = cli("test", "render", str(part), first, "--plan", "swupdate", "--out", str(tmp_path / "jobs"))
+    assert result.code == 2
+    assert f"plan swupdate installs the swu of its second build swu-v2, and the release has no {first}--swu-v2" in (
+        result.err
+    )
+    assert "Traceback" not in result.err and len(result.err.strip().splitlines()) <= 2
+
+    # a fan-out's test job reads the first build's part and names the second's with --with
+    second = record.model_copy(update={"jobs": [j for j in record.jobs if j.id == f"{first}--swu-v2"]})
+    (tmp_path / "second.json").write_text(second.model_dump_json(by_alias=True))
+    result = cli(
+        "test", "render", str(part), first, "--with", str(tmp_path / "second.json"),
+        "--out", str(tmp_path / "jobs"), "--json",
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    plans = {item["plan"] for item in json.loads(result.out)}
+    assert "swupdate" in plans
+
+    # a whole release tests a second build through its first build's update plan only
+    result = cli("test", "render", str(full), "--out", str(tmp_path / "all"), "--json")
+    assert result.code == 0, result.err
+    listed = json.loads(result.out)
+    assert not [item for item in listed if "--" in item["job"]]
+    assert {item["job"] for item in listed if item["plan"] == "swupdate"} == FIRSTS_WITH_V2

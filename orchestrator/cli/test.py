@@ -35,9 +35,30 @@ PlanOpt = Annotated[
     list[str] | None,
     typer.Option("--plan", "-p", metavar="PLAN", help="Only these plans (default: every plan that applies)."),
 ]
+WithOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--with",
+        metavar="RECORD",
+        help="Another published record whose jobs join the release's, as RELEASE is given. In a fan-out, "
+        "the part of a job's second build (parts/<job>--swu-v2.json), which the job's update plan installs.",
+    ),
+]
 RecipeOpt = Annotated[
     str | None, typer.Option("--recipe", "-r", metavar="RECIPE", help="Only the release's jobs of this recipe.")
 ]
+
+
+def _read_records(release: str, also: list[str]) -> ReleaseView:
+    """RELEASE's record with the jobs of every --with record added (a job in both: RELEASE's)."""
+    from ..teststage.render import ReleaseView, read_published
+
+    record = read_published(release)
+    jobs = {job.id: job for job in record.jobs}
+    for location in also:
+        for job in read_published(location).jobs:
+            jobs.setdefault(job.id, job)
+    return ReleaseView(record.url, list(jobs.values()))
 
 
 def _render_all(
@@ -50,6 +71,7 @@ def _render_all(
 ) -> list[RenderedJob]:
     """Every (job, plan) of the release the arguments select, rendered."""
     from ..catalog import suggest
+    from ..matrix import FOLLOW_UP_MARK
     from ..teststage.render import plans_for, render
 
     jobs = {job.id: job for job in record.jobs}
@@ -66,10 +88,18 @@ def _render_all(
     for name in plan or []:
         if name not in cat.testplans:
             raise UserError(f"unknown test plan '{name}'", where="--plan", hint=suggest(name, cat.testplans))
-    chosen = [jobs[j] for j in job_ids] if job_ids else list(jobs.values())
+    # a second build is tested by its first build's update plan, unless named
+    chosen = [jobs[j] for j in job_ids] if job_ids else [j for j in jobs.values() if FOLLOW_UP_MARK not in j.id]
+    ids = {job.id for job in record.jobs}
     rendered = [
-        render(cat, record, job, name) for job in chosen for name in plans_for(cat, job) if not plan or name in plan
+        render(cat, record, job, name)
+        for job in chosen
+        for name in plans_for(cat, job, ids)
+        if not plan or name in plan
     ]
+    if not rendered and plan and job_ids:  # the plan asked for by name says itself why it cannot run
+        for job in chosen:
+            render(cat, record, job, plan[0])
     if not rendered:
         raise UserError("no test plan applies to the chosen jobs", where=release, hint="`cipbuild boards` shows plans")
     return rendered
@@ -82,6 +112,7 @@ def test_render(
     job_ids: ReleaseJobsArg = None,
     plan: PlanOpt = None,
     recipe: RecipeOpt = None,
+    also: WithOpt = None,
     out: Annotated[Path, typer.Option("--out", metavar="DIR", help="Where the job files go.")] = Path("lava-jobs"),
     validate: Annotated[
         str | None,
@@ -98,10 +129,9 @@ def test_render(
     one invalid.
     """
     from ..teststage.lava import Lava
-    from ..teststage.render import read_published
 
     cat = context(ctx).catalog()
-    record = read_published(release)
+    record = _read_records(release, also or [])
     rendered = _render_all(cat, record, release, job_ids, plan, recipe)
     lava = Lava.from_env(validate) if validate else None
     invalid = []
@@ -143,6 +173,7 @@ def test_run(
     ] = "",
     plan: PlanOpt = None,
     recipe: RecipeOpt = None,
+    also: WithOpt = None,
     results: Annotated[
         Path, typer.Option("--results", metavar="DIR", help="Where JUnit files and handoff.json go.")
     ] = Path("results"),
@@ -165,7 +196,6 @@ def test_run(
     from ..publish import parse_duration
     from ..status import raise_for
     from ..teststage.lava import Lava
-    from ..teststage.render import read_published
     from ..teststage.run import HANDOFF, Options
 
     if not lava_url:
@@ -173,7 +203,7 @@ def test_run(
     lava = Lava.from_env(lava_url)
     opts = Options(retries=retries, timeout=float(parse_duration(timeout, "--timeout")))
     cat = context(ctx).catalog()
-    record = read_published(release)
+    record = _read_records(release, also or [])
     rendered = _render_all(cat, record, release, job_ids, plan, recipe)
     runs, data = run_lab(lava, record.url, rendered, results, opts)
     if as_json:

@@ -6,12 +6,14 @@ each result back to the job, its input digest and its manifest."""
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..catalog import Catalog, suggest
 from ..errors import UserError
+from ..models import TestPlanFile, UpdateStage
 from ..publish import PUBLISHED, Published, PublishedJob, PublishedObject
 
 COMPRESSION = {".zst": "zstd", ".xz": "xz", ".gz": "gz", ".bz2": "bz2"}
@@ -98,18 +100,45 @@ def read_published(location: str) -> ReleaseView:
         raise UserError(f"is not a cipbuild published record ({first})", where=location) from None
 
 
-def plans_for(catalog: Catalog, job: PublishedJob) -> list[str]:
-    """The board's plans whose option conditions the job meets, in the board's order."""
+def plans_for(catalog: Catalog, job: PublishedJob, release: Collection[str] = ()) -> list[str]:
+    """The board's plans whose option conditions the job meets (its options and what they imply),
+    in the board's order; an update plan only where ``release`` (the record's job ids) holds the
+    second build whose update it installs."""
     board = catalog.boards.get(job.board)
     if board is None:
         return []
-    options = set(job.options)
+    options = _options_of(catalog, job)
     chosen = []
     for name in board.test.plans:
         plan = catalog.testplans[name]
-        if set(plan.when) <= options and not set(plan.unless) & options:
-            chosen.append(name)
+        if not _meets(plan, options):
+            continue
+        if plan.update is not None and _second_id(job, plan.update) not in release:
+            continue
+        chosen.append(name)
     return chosen
+
+
+def _options_of(catalog: Catalog, job: PublishedJob) -> set[str]:
+    """The job's options with what they imply (security brings swupdate and secure-boot)."""
+    from ..matrix import Expander, Job
+
+    if job.distro not in catalog.distros:
+        return set(job.options)
+    known = set(catalog.options_of(job.distro))
+    named = tuple(o for o in job.options if o in known)  # a record older than the catalogue may name others
+    implied = Expander(catalog).closure_names(Job(job.distro, job.release, job.board, "", named, True))
+    return {*job.options, *implied}
+
+
+def _meets(plan: TestPlanFile, options: set[str]) -> bool:
+    return set(plan.when) <= options and not set(plan.unless) & options
+
+
+def _second_id(job: PublishedJob, update: UpdateStage) -> str:
+    from ..matrix import FOLLOW_UP_MARK
+
+    return f"{job.id}{FOLLOW_UP_MARK}{update.follow_up}"
 
 
 def artifacts_of(job: PublishedJob) -> dict[str, Artifact]:
@@ -140,13 +169,21 @@ def render(catalog: Catalog, record: ReleaseView | Published, job: PublishedJob,
         raise UserError(f"job {job.id}: board {job.board} is not tested in LAVA (no test.device_type)")
     if plan_name not in catalog.testplans:
         raise UserError(f"unknown test plan '{plan_name}'", where="--plan", hint=suggest(plan_name, catalog.testplans))
-    if plan_name not in plans_for(catalog, job):
+    plan = catalog.testplans[plan_name]
+    release = {j.id for j in record.jobs}
+    update = plan.update
+    if update is not None and _meets(plan, _options_of(catalog, job)) and _second_id(job, update) not in release:
+        raise UserError(
+            f"job {job.id}: plan {plan_name} installs the {update.artifact} of its second build "
+            f"{update.follow_up}, and the release has no {_second_id(job, update)}",
+            hint=f"build and publish both: a recipe's follow_ups: [{{name: {update.follow_up}, jobs: [{job.id}]}}]",
+        )
+    if plan_name not in plans_for(catalog, job, release):
         raise UserError(
             f"job {job.id}: plan {plan_name} does not apply (board {job.board} runs "
-            f"{', '.join(plans_for(catalog, job)) or 'none'} on it)",
+            f"{', '.join(plans_for(catalog, job, release)) or 'none'} on it)",
             where="--plan",
         )
-    plan = catalog.testplans[plan_name]
     found = artifacts_of(job)
     missing = [t for t in plan.needs if t not in found]
     if missing:
@@ -184,6 +221,7 @@ def render(catalog: Catalog, record: ReleaseView | Published, job: PublishedJob,
             "append": f"{console} {root}" if rootfs else console,
         },
     }
+    context["update"] = None if plan.update is None else _update(record, job, plan_name, plan.update)
     if board.test.boot_method in ("qemu", "u-boot") and context["kernel"] is None and not boot_from_disk:
         raise UserError(f"job {job.id}: plan {plan_name} needs a kernel artifact, and the release has none")
     if board.test.boot_method == "minimal" and disk is None:
@@ -191,7 +229,30 @@ def render(catalog: Catalog, record: ReleaseView | Published, job: PublishedJob,
     text = _template().render(**context)
     definition = yaml.safe_load(text)
     urls = [a.url for a in _downloads(context)]
+    if context["update"] is not None:  # the device fetches it: checked before submission all the same
+        urls.append(context["update"]["artifact"].url)
     return RenderedJob(job, plan_name, text, definition, urls)
+
+
+def _update(record: ReleaseView | Published, job: PublishedJob, plan_name: str, update: UpdateStage) -> dict[str, Any]:
+    """What the template's update stage needs: the second build's artifact, and the install steps
+    with its URL and sha256 in place of {url} and {sha256} (a plain replace: shell braces stay)."""
+    second_id = _second_id(job, update)
+    second = next(j for j in record.jobs if j.id == second_id)
+    artifact = artifacts_of(second).get(update.artifact)
+    if artifact is None:
+        raise UserError(
+            f"job {second_id}: plan {plan_name} installs its {update.artifact} artifact, and the release has none",
+            hint="its distro's artifact rules must collect it",
+        )
+    steps = [step.replace("{url}", artifact.url).replace("{sha256}", artifact.sha256) for step in update.install]
+    return {
+        "job": second_id,
+        "artifact": artifact,
+        "install": steps,
+        "boot_message": update.boot_message,
+        "after": update.after,
+    }
 
 
 def _ovmf(qemu: dict[str, str], arch: str) -> bool:
