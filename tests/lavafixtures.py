@@ -83,6 +83,8 @@ _DEVICE_DICT: Final = """{% extends 'qemu.jinja2' %}
 {% set no_kvm = True %}
 {% set memory = 512 %}
 {% set netdevice = 'user' %}
+{# as CIP's lab: an update plan stops qemu before it boots the updated disk again #}
+{% set user_commands = {'manual_kill': {'do': "pkill -f -- 'qemu-system-x86_64 .*/var/lib/lava/dispatcher/tmp/'"}} %}
 """
 
 # Runs inside LAVA's Django as the service user: migrate if needed, then make (or repair) the objects.

@@ -17,6 +17,7 @@ from typing import Any
 
 import jsonschema
 import pytest
+import yaml
 from bootpayload import PROMPT, kernel_path, make_initramfs
 from lavafixtures import LavaInstance
 from s3fixtures import FaultProxyFactory, S3Bucket
@@ -42,6 +43,38 @@ PLANS = {
 }
 
 
+SECOND = f"{JOB}--swu-v2"
+# The shipped swupdate plan's update stage, on the payload: its shell needs no login.
+UPDATE_PLAN = {
+    "summary": "the test payload, updated",
+    "needs": ["kernel", "initrd"],
+    "login": {"login_prompt": "", "prompt": PROMPT},
+    "timeouts": {"job": 15, "deploy": 3, "boot": 3, "test": 3},
+    "update": {
+        **yaml.safe_load((ROOT / "testplans" / "swupdate.yml").read_text())["update"],
+        "boot_message": "Linux version [0-9]",  # the payload boots no EFI Boot Guard to name a partition
+    },
+}
+# Stand-ins for SWUpdate and EFI Boot Guard's tools on the payload, the one part that cannot run
+# here. swupdate accepts only the second build's update (published under <board>/swu-v2/) and marks
+# the running system as just updated; bg_printenv then says "installed" (1) until a fresh boot,
+# where the update is "testing" (2). An update plan that did not boot again reads 1 and fails.
+DEVICE_TOOLS = {
+    "/usr/bin/swupdate": """#!/bin/sh
+[ "$1" = -d ] || { echo "swupdate: want -d, got $*"; exit 2; }
+case "$2" in
+    "-u http"*/qemu-amd64/swu-v2/update.swu) echo "SWUPDATE successful !"; : > /run/just-updated ;;
+    *) echo "swupdate: not the second build's update: $2"; exit 1 ;;
+esac
+""",
+    "/usr/bin/bg_printenv": """#!/bin/sh
+state=2; [ -e /run/just-updated ] && state=1
+printf 'Config Partition #0 Values:\nustate:\t\t0 (OK)\n\nConfig Partition #1 Values:\nustate:\t\t%s\n' "$state"
+""",
+    "/usr/bin/bg_setenv": '#!/bin/sh\n[ "$1" = -c ] && echo "confirmed"\n',
+}
+
+
 @pytest.fixture
 def lab_catalog(catalog_copy: Path) -> Path:
     """The shipped catalogue, with qemu-amd64 running two plans made for the busybox payload:
@@ -55,11 +88,13 @@ def lab_catalog(catalog_copy: Path) -> Path:
             "definitions": [{"name": name, "steps": steps}],
         }
         (catalog_copy / "testplans" / f"{name}.yml").write_text(json.dumps(plan))
+    (catalog_copy / "testplans" / "payload-update.yml").write_text(json.dumps(UPDATE_PLAN))
     board = catalog_copy / "boards" / "qemu-amd64.yml"
     text = board.read_text()
     board.write_text(
         text.replace(
-            "plans: [boot, ltp, security, swupdate, secure-boot]", "plans: [payload-pass, payload-fail, payload-slow]"
+            "plans: [boot, ltp, security, swupdate, secure-boot]",
+            "plans: [payload-pass, payload-fail, payload-slow, payload-update]",
         )
     )
     return catalog_copy
@@ -100,6 +135,37 @@ def publish_payload(cli: Cli, out: Path, s3: S3Bucket, endpoint: str, ref: str) 
 @pytest.fixture
 def published(cli: Cli, signed_out: Path, s3: S3Bucket) -> Path:
     return publish_payload(cli, signed_out, s3, s3.endpoint, "master")
+
+
+def set_types(job_dir: Path, types: dict[str, str]) -> None:
+    """Artifact types by file-name suffix in the job's metadata.json."""
+    meta = json.loads((job_dir / "metadata.json").read_text())
+    for art in meta["artifacts"]:
+        art["type"] = next((t for suffix, t in types.items() if art["path"].endswith(suffix)), art["type"])
+    (job_dir / "metadata.json").write_text(json.dumps(meta))
+
+
+@pytest.fixture
+def update_published(
+    cli: Cli,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    keys: Keys,  # noqa: F811
+    s3: S3Bucket,
+) -> Path:
+    """The payload as a first build with its own .swu, and its second build with the update."""
+    out = tmp_path / "out"
+    initrd = make_initramfs(tmp_path / "device.cpio.gz", extra_files=DEVICE_TOOLS).read_bytes()
+    kernel = kernel_path().read_bytes()
+    for job_id, swu in ((JOB, b"version 1.0"), (SECOND, b"version 2.0, a delta from 1.0")):
+        job_dir = make_job(out, job_id, {"vmlinuz": kernel, "initramfs.cpio.gz": initrd, "update.swu": swu})
+        set_types(job_dir, {".cpio.gz": "initrd", ".swu": "swu"})
+    meta = json.loads((out / SECOND / "metadata.json").read_text())
+    meta["job"].update(board="qemu-amd64", follow_up={"name": "swu-v2", "of": JOB})
+    (out / SECOND / "metadata.json").write_text(json.dumps(meta))
+    monkeypatch.setenv(KEY_ENV, str(keys.good.secret))
+    assert cli("sign", str(out)).code == 0
+    return publish_payload(cli, out, s3, s3.endpoint, "update")
 
 
 def lava_job_count(lava: LavaInstance) -> int:
@@ -268,3 +334,23 @@ def test_ctrl_c_cancels_the_lava_jobs_under_way(
 def _needs_qemu() -> None:
     if shutil.which("qemu-system-x86_64") is None:
         pytest.fail("qemu-system-x86 is not installed") if os.environ.get("CI") else pytest.skip("no qemu")
+
+
+def test_an_update_plan_installs_the_second_builds_update_and_checks_it_after_booting_again(
+    lab_catalog: Path, update_published: Path, lava: LavaInstance, tmp_path: Path
+) -> None:
+    results = tmp_path / "results"
+    process = run_tests(lab_catalog, update_published, lava, results, "--plan", "payload-update")
+    code, out, err = finish(process, timeout=600)
+    assert code == 0, err + lava.logs()
+    (run,) = json.loads(out)["runs"]
+    assert (run["job"], run["plan"]) == (JOB, "payload-update")
+    assert (run["status"], run["health"]) == ("success", "Complete")
+    passed = {c["name"] for c in run["cases"] if c["result"] == "pass"}
+    assert {"install", "update-state", "confirm"} <= passed, run["cases"]
+    record = json.loads(update_published.read_text())
+    second = next(j for j in record["jobs"] if j["id"] == SECOND)
+    swu = next(o for o in second["objects"] if o["type"] == "swu")
+    assert swu["path"] == "qemu-amd64/swu-v2/update.swu" and swu["url"] in run["artifacts"]
+    definition = lava.api("GET", f"jobs/{run['lava_jobs'][-1]}/").json()["definition"]
+    assert swu["url"] in definition and "manual_kill" in definition

@@ -233,14 +233,15 @@ def test_the_swupdate_plan_installs_the_second_builds_update_on_the_first_and_bo
         install = steps[2][1]["definitions"][0]
         assert install["name"] == "install-update"
         assert install["repository"]["run"]["steps"] == [
-            f'lava-test-case install --shell swupdate -d "-u {v2_swu.url}"'
+            f"""lava-test-case install --shell 'swupdate -d "-u {v2_swu.url}"'"""
         ]
         boots = [body for kind, body in steps if kind == "boot"]
         assert "parameters" not in boots[0]
         assert boots[1]["parameters"] == {"kernel-start-message": "kernel: C:BOOT1:linux.efi"}  # the other partition
         assert boots[1]["auto_login"]["password"] == "CIPsecurity@123"
         after = steps[-1][1]["definitions"][0]["repository"]["run"]["steps"]
-        assert "{print $2}" in after[0] and after[1].endswith("bg_setenv -c")  # shell braces stay as written
+        assert after[0].startswith("""lava-test-case update-state --shell '[ "$(bg_printenv | grep ustate""")
+        assert after[1] == "lava-test-case confirm --shell bg_setenv -c"
         assert v2_swu.url in rendered.urls  # checked before submission like every download
 
 
