@@ -185,6 +185,21 @@ class Catalog:
         order = self.distros[distro].order
         return [name for name in order if name in self.options and distro in self.options[name].distros]
 
+    def with_implied(self, distro: str, options: Iterable[str]) -> frozenset[str]:
+        """``options`` and every option they imply in ``distro`` (security brings swupdate); names
+        the catalogue does not know are kept as they are."""
+        seen: set[str] = set()
+        todo = list(options)
+        while todo:
+            name = todo.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            option = self.options.get(name)
+            spec = option.distros.get(distro) if option else None
+            todo.extend(spec.implies if spec else ())
+        return frozenset(seen)
+
     def recipe(self, name: str) -> RecipeFile:
         if name not in self.recipe_files:
             raise unknown("recipe", name, self.recipe_files, where="--recipe")

@@ -128,5 +128,7 @@ def test_plans_that_cannot_run_here_are_refused_before_booting(cli: Cli, tmp_pat
     make_job(tmp_path, secure, {"vmlinuz": ("kernel", b"k")}, options=["security"])
     lab_only = cli("boot", secure, *out, "--plan", "security")
     assert lab_only.code == 2 and "runs in a lab only" in lab_only.err and "cip-security-tests" in lab_only.err
-    for result in (unknown, elsewhere, lab_only):
+    update = cli("boot", secure, *out, "--plan", "swupdate")  # security implies swupdate
+    assert update.code == 2 and "plan swupdate installs swu-v2's swu and boots the disk again" in update.err
+    for result in (unknown, elsewhere, lab_only, update):
         assert result.err.count("\n") <= 2 and "Traceback" not in result.err

@@ -185,7 +185,7 @@ def load_job(out: Path, job_id: str, catalog: Catalog) -> BootJob:
         folder,
         board_name,
         profile,
-        _with_implied(catalog, distro, [str(o) for o in options]),
+        catalog.with_implied(distro, [str(o) for o in options]),
         _artifacts(folder, meta.get("artifacts")),
     )
 
@@ -200,20 +200,6 @@ def _read_metadata(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UserError(f"{path}: not a job record (a JSON object expected)")
     return data
-
-
-def _with_implied(catalog: Catalog, distro: str, options: list[str]) -> frozenset[str]:
-    seen: set[str] = set()
-    todo = list(options)
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        option = catalog.options.get(name)
-        spec = option.distros.get(distro) if option else None
-        todo.extend(spec.implies if spec else ())
-    return frozenset(seen)
 
 
 def _artifacts(folder: Path, records: object) -> tuple[JobArtifact, ...]:

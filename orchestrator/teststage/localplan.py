@@ -123,6 +123,13 @@ def local_plans(catalog: Catalog, job: BootJob, names: list[str]) -> list[tuple[
                 f"plan {name} does not apply to {job.id} (board {job.board} runs {', '.join(applies) or 'none'} on it)",
                 where="--plan",
             )
+        if plan.update is not None:
+            raise UserError(
+                f"plan {name} installs {plan.update.follow_up}'s {plan.update.artifact} and boots the disk "
+                "again: it runs in a lab only",
+                where="--plan",
+                hint="cipbuild test run RELEASE --plan " + name,
+            )
         fetched = next((d for d in plan.definitions if d.repository), None)
         if fetched is not None:
             raise UserError(

@@ -107,7 +107,7 @@ def plans_for(catalog: Catalog, job: PublishedJob, release: Collection[str] = ()
     board = catalog.boards.get(job.board)
     if board is None:
         return []
-    options = _options_of(catalog, job)
+    options = catalog.with_implied(job.distro, job.options)
     chosen = []
     for name in board.test.plans:
         plan = catalog.testplans[name]
@@ -119,19 +119,7 @@ def plans_for(catalog: Catalog, job: PublishedJob, release: Collection[str] = ()
     return chosen
 
 
-def _options_of(catalog: Catalog, job: PublishedJob) -> set[str]:
-    """The job's options with what they imply (security brings swupdate and secure-boot)."""
-    from ..matrix import Expander, Job
-
-    if job.distro not in catalog.distros:
-        return set(job.options)
-    known = set(catalog.options_of(job.distro))
-    named = tuple(o for o in job.options if o in known)  # a record older than the catalogue may name others
-    implied = Expander(catalog).closure_names(Job(job.distro, job.release, job.board, "", named, True))
-    return {*job.options, *implied}
-
-
-def _meets(plan: TestPlanFile, options: set[str]) -> bool:
+def _meets(plan: TestPlanFile, options: frozenset[str]) -> bool:
     return set(plan.when) <= options and not set(plan.unless) & options
 
 
@@ -172,7 +160,8 @@ def render(catalog: Catalog, record: ReleaseView | Published, job: PublishedJob,
     plan = catalog.testplans[plan_name]
     release = {j.id for j in record.jobs}
     update = plan.update
-    if update is not None and _meets(plan, _options_of(catalog, job)) and _second_id(job, update) not in release:
+    options = catalog.with_implied(job.distro, job.options)
+    if update is not None and _meets(plan, options) and _second_id(job, update) not in release:
         raise UserError(
             f"job {job.id}: plan {plan_name} installs the {update.artifact} of its second build "
             f"{update.follow_up}, and the release has no {_second_id(job, update)}",
