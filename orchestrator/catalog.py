@@ -442,6 +442,12 @@ def check_catalog(catalog: Catalog) -> None:
                 raise _doc(catalog, "boards", name).error(
                     ("test", "plans", number), f"unknown test plan '{plan}'", suggest(plan, catalog.testplans)
                 )
+            if catalog.testplans[plan].update is not None and board.test.boot_method == "u-boot":
+                raise _doc(catalog, "boards", name).error(
+                    ("test", "plans", number),
+                    f"plan {plan} boots the updated disk again, and a u-boot board boots its kernel over TFTP",
+                    "update plans are for boards that boot their disk (qemu, minimal)",
+                )
     for name, testplan in catalog.testplans.items():
         for key in ("when", "unless"):
             for number, option in enumerate(getattr(testplan, key)):

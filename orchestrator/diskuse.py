@@ -253,8 +253,13 @@ def _flock_held(path: Path) -> bool:
         locks = Path("/proc/locks").read_text(encoding="ascii", errors="replace")
     except OSError:
         return False
-    key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-    return any(ln.split()[1:2] == ["FLOCK"] and key in ln.split() for ln in locks.splitlines())
+    # by inode only: on btrfs and overlayfs st_dev is not the device /proc/locks prints
+    inode = str(st.st_ino)
+    for line in locks.splitlines():
+        fields = line.split()
+        if fields[1:2] == ["FLOCK"] and len(fields) > 5 and fields[5].rsplit(":", 1)[-1] == inode:
+            return True
+    return False
 
 
 @dataclass(frozen=True)

@@ -97,7 +97,7 @@ def disk_checks(need: Need, out_dir: Path, cache_dir: Path, what: str) -> list[C
     checks = []
     for flag, at, free, wanted in places:
         freed = coming if at == out_at else 0
-        extra = f" (+{size_text(freed)} being freed)" if freed else ""
+        extra = f" (+{size_text(freed)} in --out's trash)" if freed else ""
         detail = f"{size_text(free)} free at {at}{extra}; {what} should need about {size_text(wanted)} ({basis})"
         if free + freed >= wanted:
             checks.append(Check(f"disk space {flag}", OK, detail))

@@ -179,9 +179,9 @@ def _templates(settings: Settings) -> Doc:
     )
     # a second build's part joins its first's: the first's update plan installs what it built
     test = (
-        'parts="$CIPBUILD_STORE/$CIPBUILD_REF/parts"; with=""; for id in ${CIPBUILD_FOLLOW_UPS:-}; do'
-        ' with="$with --with $parts/$id.json"; done;'
-        ' cipbuild test run "$parts/$CIPBUILD_JOB.json" "$CIPBUILD_JOB" $with'
+        'parts="$CIPBUILD_STORE/$CIPBUILD_REF/parts"; set --; for id in ${CIPBUILD_FOLLOW_UPS:-}; do'
+        ' set -- "$@" --with "$parts/$id.json"; done;'
+        ' cipbuild test run "$parts/$CIPBUILD_JOB.json" "$CIPBUILD_JOB" "$@"'
         ' --lava "$CIPBUILD_LAVA_URL" --results results'
     )
     kept = ["out/*.part.json", "out/*/metadata.json", "out/*/build.log", "out/*/job.yml", "out/*/reproducer.sh"]
@@ -246,7 +246,7 @@ def _child(
                 "extends": ".cipbuild-test",
                 "image": image,
                 "needs": [name],
-                "variables": {k: v for k, v in doc[name]["variables"].items()},
+                "variables": dict(doc[name]["variables"]),
             }
     if release:
         doc[RELEASE_JOB] = _release(settings)

@@ -235,6 +235,10 @@ class TestPlanFile(Model):
         default=None, description="install a second build's update and boot it; only jobs that have that second build"
     )
 
+    def applies(self, options: frozenset[str]) -> bool:
+        """Whether a job with ``options`` (with what they imply) meets ``when`` and ``unless``."""
+        return set(self.when) <= options and not set(self.unless) & options
+
 
 class BoardFile(Model):
     """boards/<name>.yml: one board, under one name across distros."""

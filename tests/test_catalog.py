@@ -127,6 +127,11 @@ def test_an_update_plan_must_name_a_second_build_and_where_the_device_fetches_it
     msg = error_of(catalog_copy)
     assert msg == f"{plan}:{line_of(plan, 'swu-v3')}: no distro has a second build 'swu-v3' (did you mean 'swu-v2'?)"
     edit(plan, "follow_up: swu-v3", "follow_up: swu-v2")
+    board = catalog_copy / "boards" / "bbb.yml"
+    edit(board, "plans: [boot, ltp]", "plans: [boot, ltp, swupdate]")
+    msg = error_of(catalog_copy)
+    assert msg.startswith(f"{board}:{line_of(board, 'swupdate]')}: plan swupdate boots the updated disk again")
+    edit(board, "plans: [boot, ltp, swupdate]", "plans: [boot, ltp]")
     edit(plan, '"-u {url}"', "/tmp/update.swu")
     msg = error_of(catalog_copy)
     assert msg.startswith(f"{plan}:{line_of(plan, 'install:')}: no step names {{url}}")

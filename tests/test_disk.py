@@ -251,7 +251,7 @@ def test_doctor_counts_the_trash_as_coming_free_and_says_whether_a_remover_is_at
 
         stopped = checks()
         assert stopped["disk space --out and --cache"]["status"] == "ok"  # 6 MiB comes back before it is needed
-        assert "(+6.0 MiB being freed)" in stopped["disk space --out and --cache"]["detail"]
+        assert "(+6.0 MiB in --out's trash)" in stopped["disk space --out and --cache"]["detail"]
         assert stopped["trash under --out"]["status"] == "warn"
         assert stopped["trash under --out"]["detail"].startswith(f"6.0 MiB in 1 build folder(s) at {trash}")
         assert "no remover is at work" in stopped["trash under --out"]["detail"]
@@ -269,7 +269,7 @@ def test_doctor_counts_the_trash_as_coming_free_and_says_whether_a_remover_is_at
         after = checks()
         assert "trash under --out" not in after
         assert after["disk space --out and --cache"]["status"] == "ok"  # now as free space proper
-        assert "being freed" not in after["disk space --out and --cache"]["detail"]
+        assert "trash" not in after["disk space --out and --cache"]["detail"]
         assert shutil.disk_usage(out).free >= free + (6 << 20)
     finally:
         subprocess.run(["umount", "-l", str(out)], check=True)

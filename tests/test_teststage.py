@@ -107,6 +107,10 @@ def test_every_board_of_cip_core_ci_gets_jobs_lava_calls_valid(catalog: Catalog,
         assert definition["device_type"] == catalog.boards[item.job.board].test.device_type
         for url in item.urls:
             assert url.startswith(BASE)  # every download comes from the published record
+        login = [a["boot"].get("auto_login") for a in definition["actions"] if "boot" in a]
+        security = "security" in catalog.with_implied(item.job.distro, item.job.options)
+        for auto in login:  # a security image's root password is not root
+            assert auto["password"] == ("CIPsecurity@123" if security else "root"), (item.file_name, auto)
 
 
 def test_lava_calls_a_broken_definition_invalid(lava: LavaInstance) -> None:
@@ -185,7 +189,8 @@ def test_a_recipe_selects_the_releases_jobs_it_builds(cli: Cli, catalog: Catalog
     path.write_text(record.model_dump_json(by_alias=True))
     for recipe in ("hands-on", "ci"):
         wanted = {j.id for j in make_plan(catalog, recipe=recipe, everything=False, sel=Selection()).jobs}
-        expected = {j.id for j in record.jobs if j.id in wanted and plans_for(catalog, j)}
+        ids = {j.id for j in record.jobs}
+        expected = {j.id for j in record.jobs if j.id in wanted and plans_for(catalog, j, ids)}
         result = cli("test", "render", str(path), "-r", recipe, "--out", str(tmp_path / recipe), "--json")
         if not expected:
             assert result.code == 2, result.err
@@ -260,6 +265,7 @@ def test_an_update_plan_without_its_second_build_in_the_release_is_one_line_and_
     assert f"plan swupdate installs the swu of its second build swu-v2, and the release has no {first}--swu-v2" in (
         result.err
     )
+    assert "add its part with --with" in result.err
     assert "Traceback" not in result.err and len(result.err.strip().splitlines()) <= 2
 
     # a fan-out's test job reads the first build's part and names the second's with --with
@@ -279,3 +285,8 @@ def test_an_update_plan_without_its_second_build_in_the_release_is_one_line_and_
     listed = json.loads(result.out)
     assert not [item for item in listed if "--" in item["job"]]
     assert {item["job"] for item in listed if item["plan"] == "swupdate"} == FIRSTS_WITH_V2
+    # ... and on its own where no chosen plan installs it
+    result = cli("test", "render", str(full), "--plan", "security", "--out", str(tmp_path / "sec"), "--json")
+    assert result.code == 0, result.err
+    seconds = {item["job"] for item in json.loads(result.out) if "--" in item["job"]}
+    assert seconds == {f"{first}--swu-v2" for first in FIRSTS_WITH_V2}

@@ -14,6 +14,7 @@ from .app import JsonOpt, app, context
 
 if TYPE_CHECKING:
     from ..catalog import Catalog
+    from ..publish import PublishedJob
     from ..teststage.lava import Lava
     from ..teststage.render import ReleaseView, RenderedJob
     from ..teststage.run import Options, TestRun
@@ -72,7 +73,7 @@ def _render_all(
     """Every (job, plan) of the release the arguments select, rendered."""
     from ..catalog import suggest
     from ..matrix import FOLLOW_UP_MARK
-    from ..teststage.render import plans_for, render
+    from ..teststage.render import installs, plans_for, render
 
     jobs = {job.id: job for job in record.jobs}
     if recipe is not None:
@@ -88,18 +89,21 @@ def _render_all(
     for name in plan or []:
         if name not in cat.testplans:
             raise UserError(f"unknown test plan '{name}'", where="--plan", hint=suggest(name, cat.testplans))
-    # a second build is tested by its first build's update plan, unless named
-    chosen = [jobs[j] for j in job_ids] if job_ids else [j for j in jobs.values() if FOLLOW_UP_MARK not in j.id]
     ids = {job.id for job in record.jobs}
-    rendered = [
-        render(cat, record, job, name)
-        for job in chosen
-        for name in plans_for(cat, job, ids)
-        if not plan or name in plan
-    ]
+
+    def pairs(chosen: list[PublishedJob]) -> list[tuple[PublishedJob, str]]:
+        return [(job, name) for job in chosen for name in plans_for(cat, job, ids) if not plan or name in plan]
+
+    if job_ids:
+        chosen = pairs([jobs[j] for j in job_ids])
+    else:  # a second build an update plan installs is tested through it, not on its own
+        chosen = pairs([j for j in jobs.values() if FOLLOW_UP_MARK not in j.id])
+        installed = {installs(cat, job, name) for job, name in chosen}
+        chosen += pairs([j for j in jobs.values() if FOLLOW_UP_MARK in j.id and j.id not in installed])
+    rendered = [render(cat, record, job, name) for job, name in chosen]
     if not rendered and plan and job_ids:  # the plan asked for by name says itself why it cannot run
-        for job in chosen:
-            render(cat, record, job, plan[0])
+        for job_id in job_ids:
+            render(cat, record, jobs[job_id], plan[0])
     if not rendered:
         raise UserError("no test plan applies to the chosen jobs", where=release, hint="`cipbuild boards` shows plans")
     return rendered

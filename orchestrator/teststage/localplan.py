@@ -112,7 +112,7 @@ def local_plans(catalog: Catalog, job: BootJob, names: list[str]) -> list[tuple[
     """The named plans, checked to apply to ``job`` and to run without a lab; UserError otherwise."""
     board = catalog.boards.get(job.board)
     offered = board.test.plans if board is not None else []
-    applies = [n for n in offered if _applies(catalog.testplans[n], job.options)]
+    applies = [n for n in offered if catalog.testplans[n].applies(job.options)]
     chosen = []
     for name in names:
         plan = catalog.testplans.get(name)
@@ -142,10 +142,6 @@ def local_plans(catalog: Catalog, job: BootJob, names: list[str]) -> list[tuple[
             raise UserError(f"plan {name} needs a {missing[0]} artifact, and {job.id} has none", where="--plan")
         chosen.append((name, plan))
     return chosen
-
-
-def _applies(plan: TestPlanFile, options: frozenset[str]) -> bool:
-    return set(plan.when) <= options and not set(plan.unless) & options
 
 
 def plan_login(plan: TestPlanFile, password: str | None) -> Login:

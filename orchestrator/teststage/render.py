@@ -13,7 +13,7 @@ from typing import Any
 
 from ..catalog import Catalog, suggest
 from ..errors import UserError
-from ..models import TestPlanFile, UpdateStage
+from ..models import UpdateStage
 from ..publish import PUBLISHED, Published, PublishedJob, PublishedObject
 
 COMPRESSION = {".zst": "zstd", ".xz": "xz", ".gz": "gz", ".bz2": "bz2"}
@@ -100,7 +100,7 @@ def read_published(location: str) -> ReleaseView:
         raise UserError(f"is not a cipbuild published record ({first})", where=location) from None
 
 
-def plans_for(catalog: Catalog, job: PublishedJob, release: Collection[str] = ()) -> list[str]:
+def plans_for(catalog: Catalog, job: PublishedJob, release: Collection[str]) -> list[str]:
     """The board's plans whose option conditions the job meets (its options and what they imply),
     in the board's order; an update plan only where ``release`` (the record's job ids) holds the
     second build whose update it installs."""
@@ -111,7 +111,7 @@ def plans_for(catalog: Catalog, job: PublishedJob, release: Collection[str] = ()
     chosen = []
     for name in board.test.plans:
         plan = catalog.testplans[name]
-        if not _meets(plan, options):
+        if not plan.applies(options):
             continue
         if plan.update is not None and _second_id(job, plan.update) not in release:
             continue
@@ -119,8 +119,10 @@ def plans_for(catalog: Catalog, job: PublishedJob, release: Collection[str] = ()
     return chosen
 
 
-def _meets(plan: TestPlanFile, options: frozenset[str]) -> bool:
-    return set(plan.when) <= options and not set(plan.unless) & options
+def installs(catalog: Catalog, job: PublishedJob, plan_name: str) -> str | None:
+    """The id of the second build whose update ``plan_name`` installs on ``job``, if it is an update plan."""
+    update = catalog.testplans[plan_name].update
+    return None if update is None else _second_id(job, update)
 
 
 def _second_id(job: PublishedJob, update: UpdateStage) -> str:
@@ -159,19 +161,18 @@ def render(catalog: Catalog, record: ReleaseView | Published, job: PublishedJob,
         raise UserError(f"unknown test plan '{plan_name}'", where="--plan", hint=suggest(plan_name, catalog.testplans))
     plan = catalog.testplans[plan_name]
     release = {j.id for j in record.jobs}
-    update = plan.update
-    options = catalog.with_implied(job.distro, job.options)
-    if update is not None and _meets(plan, options) and _second_id(job, update) not in release:
-        raise UserError(
-            f"job {job.id}: plan {plan_name} installs the {update.artifact} of its second build "
-            f"{update.follow_up}, and the release has no {_second_id(job, update)}",
-            hint=f"build and publish both: a recipe's follow_ups: [{{name: {update.follow_up}, jobs: [{job.id}]}}]",
-        )
-    if plan_name not in plans_for(catalog, job, release):
+    if plan_name not in board.test.plans or not plan.applies(catalog.with_implied(job.distro, job.options)):
         raise UserError(
             f"job {job.id}: plan {plan_name} does not apply (board {job.board} runs "
             f"{', '.join(plans_for(catalog, job, release)) or 'none'} on it)",
             where="--plan",
+        )
+    update = plan.update
+    if update is not None and _second_id(job, update) not in release:
+        raise UserError(
+            f"job {job.id}: plan {plan_name} installs the {update.artifact} of its second build "
+            f"{update.follow_up}, and the release has no {_second_id(job, update)}",
+            hint="in a fan-out, add its part with --with; else build and publish both (a recipe's follow_ups)",
         )
     found = artifacts_of(job)
     missing = [t for t in plan.needs if t not in found]
@@ -237,6 +238,7 @@ def _update(record: ReleaseView | Published, job: PublishedJob, plan_name: str, 
     steps = [step.replace("{url}", artifact.url).replace("{sha256}", artifact.sha256) for step in update.install]
     return {
         "job": second_id,
+        "second": second,
         "artifact": artifact,
         "install": steps,
         "boot_message": update.boot_message,
