@@ -269,7 +269,7 @@ def test_doctor_counts_the_trash_as_coming_free_and_says_whether_a_remover_is_at
         after = checks()
         assert "trash under --out" not in after
         assert after["disk space --out and --cache"]["status"] == "ok"  # now as free space proper
-        assert "trash" not in after["disk space --out and --cache"]["detail"]
+        assert "in --out's trash" not in after["disk space --out and --cache"]["detail"]
         assert shutil.disk_usage(out).free >= free + (6 << 20)
     finally:
         subprocess.run(["umount", "-l", str(out)], check=True)
