@@ -4,12 +4,14 @@ out of space."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -191,6 +193,18 @@ def test_root_owned_files_an_isar_build_left_are_removed_in_the_builder(world: W
     assert json.loads((work / "out" / JOB / "metadata.json").read_text())["disk"]["build_tmp"] == "removed"
 
 
+@contextlib.contextmanager
+def small_tmpfs(folder: Path, size: str) -> Iterator[None]:
+    """``folder`` as a tmpfs of ``size`` while the block runs: a disk that is nearly full."""
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], check=False).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
 def docker_host() -> str:
     return os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
 
@@ -200,20 +214,14 @@ def test_doctor_warns_when_out_and_cache_are_short_of_what_the_jobs_need(
     docker_engine: str, world: World, tmp_path: Path
 ) -> None:
     small = tmp_path / "small"
-    small.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(small)], check=False)
-    if mounted.returncode != 0:
-        pytest.skip("cannot mount a small tmpfs here (needs root)")
-    try:
-        doctor = [*world.args(JOB)[:5], "doctor", JOB, "--image", BUILDER_IMAGE, "--json"]
+    doctor = [*world.args(JOB)[:5], "doctor", JOB, "--image", BUILDER_IMAGE, "--json"]
+    with small_tmpfs(small, "64m"):
         proc = subprocess.run(
             [*doctor, "--out", str(small / "out"), "--cache", str(small / "cache")],
             capture_output=True,
             text=True,
             check=False,
         )
-    finally:
-        subprocess.run(["umount", str(small)], check=True)
     assert proc.returncode == 0, proc.stderr  # a warning, not a failure: the user may know better
     checks = {c["name"]: c for c in json.loads(proc.stdout)}
     space = checks["disk space --out and --cache"]
@@ -232,11 +240,7 @@ def test_doctor_warns_when_out_and_cache_are_short_of_what_the_jobs_need(
 
 def test_doctor_counts_the_trash_as_coming_free_and_says_whether_a_remover_is_at_work(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    out.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(out)], check=False)
-    if mounted.returncode != 0:
-        pytest.skip("cannot mount a small tmpfs here (needs root)")
-    try:
+    with small_tmpfs(out, "16m"):
         tree = out / "job" / "build" / "tmp"
         tree.mkdir(parents=True)
         (tree / "rootfs").write_bytes(os.urandom(6 << 20))
@@ -271,5 +275,3 @@ def test_doctor_counts_the_trash_as_coming_free_and_says_whether_a_remover_is_at
         assert after["disk space --out and --cache"]["status"] == "ok"  # now as free space proper
         assert "in --out's trash" not in after["disk space --out and --cache"]["detail"]
         assert shutil.disk_usage(out).free >= free + (6 << 20)
-    finally:
-        subprocess.run(["umount", "-l", str(out)], check=True)
