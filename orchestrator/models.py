@@ -209,6 +209,11 @@ class UpdateStage(Model):
     install: list[str] = Field(
         min_length=1, description="steps that install it; {url} is where the device fetches it, {sha256} its sha256"
     )
+    boot_again: bool = Field(
+        default=True,
+        description="stop and boot the updated disk before `after`; false for a plan that checks that a broken "
+        "update is refused, and runs `after` in the same boot",
+    )
     boot_message: str | None = Field(
         default=None,
         description="what the kernel must print on the boot after the update: upstream names the boot "

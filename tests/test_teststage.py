@@ -207,6 +207,13 @@ FIRSTS_WITH_V2 = {  # upstream v1.8 CI's build_swu_v2 jobs, as cip-core-ci names
 }
 
 
+REFUSALS = {  # upstream's negative SWUpdate tests and the message each expects from swupdate
+    "swupdate-corrupt-swu": "CPIO Header corrupted, cannot be parsed",
+    "swupdate-corrupt-artifact": "Image invalid or corrupted",
+    "swupdate-same-image": "'configfilecheck()' failed",
+}
+
+
 def actions(definition: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return [next(iter(action.items())) for action in definition["actions"]]
 
@@ -248,6 +255,17 @@ def test_the_swupdate_plan_installs_the_second_builds_update_on_the_first_and_bo
         assert after[0].startswith("""lava-test-case update-state --shell '[ "$(bg_printenv | grep ustate""")
         assert after[1] == "lava-test-case confirm --shell bg_setenv -c"
         assert v2_swu.url in rendered.urls  # checked before submission like every download
+        if job.board == "x86-uefi":  # upstream runs its refusal tests on qemu only
+            continue
+        for name, message in REFUSALS.items():
+            refusal = render(catalog, record, job, name)
+            assert server.validate(refusal.text) is None, (first, name, server.validate(refusal.text))
+            steps = actions(refusal.definition)
+            assert [kind for kind, _ in steps] == ["deploy", "boot", "test"]  # refused: nothing to boot into
+            run = steps[2][1]["definitions"][0]["repository"]["run"]["steps"]
+            assert run[0] == f"""lava-test-case fetch --shell 'curl -sSf "{v2_swu.url}" --output /root/update.swu'"""
+            assert message in run[-1] and run[-1].startswith("lava-test-case refused --shell ")
+            assert refusal.definition["metadata"]["cipbuild.update_job"] == second.id
 
 
 def test_an_update_plan_without_its_second_build_in_the_release_is_one_line_and_exit_2(
