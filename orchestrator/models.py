@@ -200,6 +200,13 @@ class TestDefinition(Model):
     parameters: dict[str, str] = Field(default_factory=dict)
 
 
+class LaterBoot(Model):
+    """One more boot of the updated disk, stopped and started as the first one after the update."""
+
+    boot_message: str | None = Field(default=None, description="what the kernel must print on this boot")
+    steps: list[str] = Field(default_factory=list, description="steps on what this boot booted")
+
+
 class UpdateStage(Model):
     """An update plan's second half: the job's second build's artifact is installed on the booted
     first build, the board boots the same disk again, and checks run on what it booted."""
@@ -220,6 +227,10 @@ class UpdateStage(Model):
         "partition so (kernel: C:BOOT1:linux.efi)",
     )
     after: list[str] = Field(default_factory=list, description="steps on the updated image (confirm the update)")
+    then: list[LaterBoot] = Field(
+        default_factory=list,
+        description="further boots after `after` (upstream's reboot without confirming: back to the old partition)",
+    )
 
 
 class TestPlanFile(Model):

@@ -257,6 +257,19 @@ def test_the_swupdate_plan_installs_the_second_builds_update_on_the_first_and_bo
         assert v2_swu.url in rendered.urls  # checked before submission like every download
         if job.board == "x86-uefi":  # upstream runs its refusal tests on qemu only
             continue
+        unconfirmed = render(catalog, record, job, "swupdate-no-confirm")
+        assert server.validate(unconfirmed.text) is None, (first, server.validate(unconfirmed.text))
+        steps = actions(unconfirmed.definition)
+        kinds = ["deploy", "boot", "test", "command", "boot", "test", "command", "boot", "test"]
+        assert [kind for kind, _ in steps] == kinds  # into the update, not confirmed, booted again
+        messages = [
+            body["parameters"]["kernel-start-message"]
+            for kind, body in steps[1:]
+            if kind == "boot" and "parameters" in body
+        ]
+        assert messages == ["kernel: C:BOOT1:linux.efi", "kernel: C:BOOT0:linux.efi"]  # and back to the old partition
+        assert steps[-1][1]["definitions"][0]["name"] == "boot-3"
+        assert steps[-1][1]["definitions"][0]["repository"]["run"]["steps"][0].endswith("= 3 ]'")  # failed: ustate 3
         for name, message in REFUSALS.items():
             refusal = render(catalog, record, job, name)
             assert server.validate(refusal.text) is None, (first, name, server.validate(refusal.text))

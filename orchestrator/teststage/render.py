@@ -244,6 +244,7 @@ def _update(record: ReleaseView | Published, job: PublishedJob, plan_name: str, 
         "boot_again": update.boot_again,
         "boot_message": update.boot_message,
         "after": update.after,
+        "then": update.then,
     }
 
 
