@@ -752,16 +752,6 @@ def _check_update(catalog: Catalog, plan: str, update: UpdateStage) -> None:
             f"no distro has a second build '{update.follow_up}'",
             suggest(update.follow_up, follow_ups) if follow_ups else "a distro file's follow_ups defines them",
         )
-    if update.then and not update.boot_again:
-        raise _doc(catalog, "testplans", plan).error(
-            ("update", "then"), "further boots need boot_again", "drop then, or boot again"
-        )
-    if update.boot_message is not None and not update.boot_again:
-        raise _doc(catalog, "testplans", plan).error(
-            ("update", "boot_message"),
-            "boot_message says what the boot after the update prints, and boot_again is false",
-            "drop boot_message, or boot again",
-        )
     if not any("{url}" in step for step in update.install):
         raise _doc(catalog, "testplans", plan).error(
             ("update", "install"),

@@ -200,36 +200,30 @@ class TestDefinition(Model):
     parameters: dict[str, str] = Field(default_factory=dict)
 
 
-class LaterBoot(Model):
-    """One more boot of the updated disk, stopped and started as the first one after the update."""
+class UpdatedBoot(Model):
+    """A boot of the updated disk: the running one is stopped first (qemu) or the board reset."""
 
-    boot_message: str | None = Field(default=None, description="what the kernel must print on this boot")
+    boot_message: str | None = Field(
+        default=None,
+        description="what the kernel must print on this boot: upstream names the boot partition so "
+        "(kernel: C:BOOT1:linux.efi)",
+    )
     steps: list[str] = Field(default_factory=list, description="steps on what this boot booted")
 
 
 class UpdateStage(Model):
     """An update plan's second half: the job's second build's artifact is installed on the booted
-    first build, the board boots the same disk again, and checks run on what it booted."""
+    first build, then the board boots the same disk again as often as ``boots`` says."""
 
     follow_up: Name = Field(description="the second build (a distro's follow_ups) whose artifact is installed")
     artifact: ArtifactType = Field(default="swu", description="the artifact of that second build to install")
     install: list[str] = Field(
         min_length=1, description="steps that install it; {url} is where the device fetches it, {sha256} its sha256"
     )
-    boot_again: bool = Field(
-        default=True,
-        description="stop and boot the updated disk before `after`; false for a plan that checks that a broken "
-        "update is refused, and runs `after` in the same boot",
-    )
-    boot_message: str | None = Field(
-        default=None,
-        description="what the kernel must print on the boot after the update: upstream names the boot "
-        "partition so (kernel: C:BOOT1:linux.efi)",
-    )
-    after: list[str] = Field(default_factory=list, description="steps on the updated image (confirm the update)")
-    then: list[LaterBoot] = Field(
+    boots: list[UpdatedBoot] = Field(
         default_factory=list,
-        description="further boots after `after` (upstream's reboot without confirming: back to the old partition)",
+        description="the boots after the install, in order (upstream: into the update, then, unconfirmed, back); "
+        "none for a plan that checks that a broken update is refused",
     )
 
 

@@ -46,14 +46,16 @@ PLANS = {
 
 SECOND = f"{JOB}--swu-v2"
 # The shipped swupdate plan's update stage, on the payload: its shell needs no login.
+SHIPPED_UPDATE: dict[str, Any] = yaml.safe_load((ROOT / "testplans" / "swupdate.yml").read_text())["update"]
 UPDATE_PLAN = {
     "summary": "the test payload, updated",
     "needs": ["kernel", "initrd"],
     "login": {"login_prompt": "", "prompt": PROMPT},
     "timeouts": {"job": 15, "deploy": 3, "boot": 3, "test": 3},
     "update": {
-        **yaml.safe_load((ROOT / "testplans" / "swupdate.yml").read_text())["update"],
-        "boot_message": "Linux version [0-9]",  # the payload boots no EFI Boot Guard to name a partition
+        **SHIPPED_UPDATE,
+        # the payload boots no EFI Boot Guard to name a partition
+        "boots": [{**boot, "boot_message": "Linux version [0-9]"} for boot in SHIPPED_UPDATE["boots"]],
     },
 }
 # Stand-ins for SWUpdate and EFI Boot Guard's tools on the payload, the one part that cannot run

@@ -241,10 +241,7 @@ def _update(record: ReleaseView | Published, job: PublishedJob, plan_name: str, 
         "second": second,
         "artifact": artifact,
         "install": steps,
-        "boot_again": update.boot_again,
-        "boot_message": update.boot_message,
-        "after": update.after,
-        "then": update.then,
+        "boots": update.boots,
     }
 
 
